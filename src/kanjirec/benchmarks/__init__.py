@@ -1,0 +1,1 @@
+"""Benchmark commands: each prints figures, ratios where two things are compared in one run."""

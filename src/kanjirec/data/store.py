@@ -1,0 +1,433 @@
+"""The one packed dataset format (see docs/ARCHITECTURE.md).
+
+A dataset is a directory of memory-mappable uint8 image shards plus small
+per-sample arrays and a ``meta.json``. `DatasetWriter` streams samples in shard
+by shard, so preparing a dataset never holds more than one shard of images;
+`PackedDataset` opens one in milliseconds by memory-mapping the shards.
+
+Classes are Unicode characters, sorted by code point: datasets from different
+sources that share a character share a class. Splits are computed once, when
+the dataset is written, and stored with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kanjirec.errors import DatasetFormatError
+
+FORMAT = "kanjirec-packed"
+VERSION = 1
+CONVENTION = "uint8, ink 255 on background 0"
+SPLITS = ("train", "val", "test")
+DEFAULT_SHARD_SIZE = 65_536
+_ARRAYS = {"labels": np.int32, "writers": np.int32, "sources": np.int16, "codes": np.int32, "split": np.uint8}
+
+
+class DatasetWriter:
+    """Write a packed dataset sample batch by sample batch.
+
+    Nothing becomes visible at ``out_dir`` until `finish` renames the finished
+    directory into place, so an interrupted prepare leaves no half dataset.
+    """
+
+    def __init__(self, out_dir: str | Path, image_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE):
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and any(self.out_dir.iterdir()):
+            raise DatasetFormatError(f"{self.out_dir}: output directory exists and is not empty")
+        self.image_size = image_size
+        self.shard_size = shard_size
+        self._tmp = self.out_dir.with_name(self.out_dir.name + ".partial")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+        self._pending: list[np.ndarray] = []
+        self._pending_count = 0
+        self._shards: list[dict] = []
+        self._chars: list[str] = []
+        self._writer_keys: dict[str, int] = {}
+        self._source_keys: dict[str, int] = {}
+        self._writer_ids: list[np.ndarray] = []
+        self._source_ids: list[np.ndarray] = []
+        self._codes: list[np.ndarray] = []
+        self._strokes: list[list[np.ndarray]] | None = None
+        self._count = 0
+
+    def add(
+        self,
+        images: np.ndarray,
+        chars: Sequence[str],
+        writers: Sequence[str],
+        source: str,
+        codes: np.ndarray | None = None,
+        strokes: Sequence[Sequence[np.ndarray]] | None = None,
+    ) -> None:
+        n = len(images)
+        s = self.image_size
+        if images.dtype != np.uint8 or images.shape[1:] != (s, s):
+            raise ValueError(f"images must be uint8 (n, {s}, {s}), got {images.dtype} {images.shape}")
+        if len(chars) != n or len(writers) != n:
+            raise ValueError(f"{n} images but {len(chars)} chars and {len(writers)} writers")
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"a class must be one character; got {bad[:5]!r}")
+        if codes is not None and len(codes) != n:
+            raise ValueError(f"{n} images but {len(codes)} codes")
+        if (strokes is None) != (self._strokes is None) and self._count:
+            raise ValueError("either every batch carries strokes or none does")
+        if strokes is not None:
+            if len(strokes) != n:
+                raise ValueError(f"{n} images but {len(strokes)} stroke lists")
+            self._strokes = self._strokes or []
+            self._strokes.extend(
+                [np.asarray(p, np.float32).reshape(-1, 2) for p in sample] for sample in strokes
+            )
+
+        self._chars.extend(chars)
+        writer_ids = np.fromiter(
+            (self._writer_keys.setdefault(w, len(self._writer_keys)) for w in writers), np.int32, n
+        )
+        self._writer_ids.append(writer_ids)
+        self._source_ids.append(
+            np.full(n, self._source_keys.setdefault(source, len(self._source_keys)), np.int16)
+        )
+        self._codes.append(np.full(n, -1, np.int32) if codes is None else np.asarray(codes, np.int32))
+        self._pending.append(images)
+        self._pending_count += n
+        self._count += n
+        while self._pending_count >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, count: int) -> None:
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        shard, rest = block[:count], block[count:]
+        name = f"images-{len(self._shards):05d}.npy"
+        np.save(self._tmp / name, shard)
+        self._shards.append({"file": name, "count": len(shard)})
+        self._pending = [rest] if len(rest) else []
+        self._pending_count = len(rest)
+
+    def finish(
+        self,
+        split: str = "writer",
+        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        preprocess: dict | None = None,
+        provenance: dict | None = None,
+    ) -> Path:
+        if self._count == 0:
+            raise DatasetFormatError(f"{self.out_dir}: no samples were added")
+        if self._pending_count:
+            self._flush(self._pending_count)
+        classes = sorted(set(self._chars), key=ord)
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.fromiter((index[c] for c in self._chars), np.int32, self._count)
+        writer_ids = np.concatenate(self._writer_ids)
+        split_ids = make_split(labels, writer_ids, split, fractions, seed)
+        arrays = {
+            "labels": labels,
+            "writers": writer_ids,
+            "sources": np.concatenate(self._source_ids),
+            "codes": np.concatenate(self._codes),
+            "split": split_ids,
+        }
+        for name, arr in arrays.items():
+            np.save(self._tmp / f"{name}.npy", arr.astype(_ARRAYS[name]))
+        if self._strokes is not None:
+            _save_strokes(self._tmp / "strokes.npz", self._strokes)
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "image_size": self.image_size,
+            "convention": CONVENTION,
+            "count": self._count,
+            "classes": classes,
+            "sources": list(self._source_keys),
+            "writers": list(self._writer_keys),
+            "shards": self._shards,
+            "split": {"kind": split, "fractions": list(fractions), "seed": seed},
+            "has_strokes": self._strokes is not None,
+            "preprocess": preprocess or {},
+            "provenance": provenance or {},
+        }
+        (self._tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        if self.out_dir.exists():
+            self.out_dir.rmdir()  # empty, checked in __init__
+        os.replace(self._tmp, self.out_dir)
+        return self.out_dir
+
+
+def make_split(
+    labels: np.ndarray, writer_ids: np.ndarray, kind: str, fractions: Sequence[float], seed: int
+) -> np.ndarray:
+    """0/1/2 = train/val/test per sample: whole writers per split, or stratified per class."""
+    if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    cut = np.cumsum(fractions)[:2]
+    if kind == "writer":
+        n_writers = int(writer_ids.max()) + 1
+        if n_writers < 3 and min(fractions) > 0:
+            raise ValueError(f"a writer-disjoint split needs at least 3 writers, the data has {n_writers}")
+        # Whole writers per split; a split asked for gets at least one writer.
+        n_val, n_test = (max(1, round(f * n_writers)) if f > 0 else 0 for f in fractions[1:])
+        if n_val + n_test >= n_writers:
+            raise ValueError(f"{n_writers} writers are too few for split fractions {tuple(fractions)}")
+        writer_split = np.zeros(n_writers, np.uint8)
+        order = rng.permutation(n_writers)
+        writer_split[order[:n_val]] = 1
+        writer_split[order[n_val : n_val + n_test]] = 2
+        return writer_split[writer_ids]
+    if kind == "random":
+        # Stratified: each class is shuffled and cut at the same fractions.
+        split = np.empty(len(labels), np.uint8)
+        keys = rng.random(len(labels))
+        order = np.lexsort((keys, labels))
+        sorted_labels = labels[order]
+        starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+        counts = np.bincount(labels)[sorted_labels]
+        rank = (np.arange(len(labels)) - starts + 0.5) / counts
+        split[order] = np.searchsorted(cut, rank, side="right")
+        return split
+    raise ValueError(f"unknown split kind {kind!r}: use 'writer' or 'random'")
+
+
+def _save_strokes(path: Path, strokes: list[list[np.ndarray]]) -> None:
+    per_sample = np.fromiter((len(s) for s in strokes), np.int64, len(strokes))
+    flat = [p for sample in strokes for p in sample]
+    lengths = np.fromiter((len(p) for p in flat), np.int64, len(flat))
+    points = np.concatenate(flat).astype(np.float16) if flat else np.zeros((0, 2), np.float16)
+    np.savez(
+        path,
+        points=points,
+        stroke_ptr=np.concatenate([[0], np.cumsum(lengths)]),
+        sample_ptr=np.concatenate([[0], np.cumsum(per_sample)]),
+    )
+
+
+class ShardedImages:
+    """Read-only view over the memory-mapped shards, indexable like one array."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self._shards = shards
+        self._starts = np.concatenate([[0], np.cumsum([len(s) for s in shards])])
+        self.shape = (int(self._starts[-1]),) + shards[0].shape[1:]
+        self.dtype = np.uint8
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (len(self) if idx < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(idx)
+            k = int(np.searchsorted(self._starts, i, side="right")) - 1
+            return self._shards[k][i - self._starts[k]]
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, np.int64)
+        out = np.empty((len(idx),) + self.shape[1:], np.uint8)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        for k in np.unique(shard_of):
+            mask = shard_of == k
+            out[mask] = self._shards[k][idx[mask] - self._starts[k]]
+        return out
+
+
+@dataclass
+class PackedDataset:
+    path: Path
+    meta: dict
+    images: ShardedImages
+    labels: np.ndarray
+    writer_ids: np.ndarray
+    source_ids: np.ndarray
+    codes: np.ndarray
+    split: np.ndarray
+    _strokes: dict | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> PackedDataset:
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            raise DatasetFormatError(
+                f"{path}: not a packed dataset (no meta.json). Make one with "
+                f"`kanjirec data synth --charset etl9g --per-class 20 --out {path}` or "
+                f"`kanjirec data prepare --etl-dir ETL --sets ETL9G --out {path}`"
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetFormatError(f"{meta_path}: unreadable ({e})") from e
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise DatasetFormatError(
+                f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+                f"expected {FORMAT!r} version {VERSION}"
+            )
+        n, s = meta["count"], meta["image_size"]
+        shards = []
+        for shard in meta["shards"]:
+            arr = _load(path / shard["file"], mmap=True)
+            if arr.dtype != np.uint8 or arr.shape != (shard["count"], s, s):
+                raise DatasetFormatError(
+                    f"{path / shard['file']}: expected uint8 ({shard['count']}, {s}, {s}), "
+                    f"found {arr.dtype} {arr.shape}"
+                )
+            shards.append(arr)
+        arrays = {}
+        for name, dtype in _ARRAYS.items():
+            arr = _load(path / f"{name}.npy", mmap=False)
+            if arr.dtype != dtype or arr.shape != (n,):
+                raise DatasetFormatError(
+                    f"{path / name}.npy: expected {np.dtype(dtype)} ({n},), found {arr.dtype} {arr.shape}"
+                )
+            arrays[name] = arr
+        for name, limit in (
+            ("labels", len(meta["classes"])),
+            ("writers", len(meta["writers"])),
+            ("sources", len(meta["sources"])),
+            ("split", 3),
+        ):
+            arr = arrays[name]
+            if n and (arr.min() < 0 or arr.max() >= limit):
+                raise DatasetFormatError(f"{path / name}.npy: values outside 0..{limit - 1}")
+        return cls(
+            path=path,
+            meta=meta,
+            images=ShardedImages(shards),
+            labels=arrays["labels"],
+            writer_ids=arrays["writers"],
+            source_ids=arrays["sources"],
+            codes=arrays["codes"],
+            split=arrays["split"],
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def writers(self) -> list[str]:
+        return self.meta["writers"]
+
+    @property
+    def sources(self) -> list[str]:
+        return self.meta["sources"]
+
+    @property
+    def image_size(self) -> int:
+        return self.meta["image_size"]
+
+    @property
+    def has_strokes(self) -> bool:
+        return bool(self.meta.get("has_strokes"))
+
+    def __len__(self) -> int:
+        return self.meta["count"]
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        if split is None:
+            return np.arange(len(self), dtype=np.int64)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+        return np.flatnonzero(self.split == SPLITS.index(split)).astype(np.int64)
+
+    def strokes_of(self, i: int) -> list[np.ndarray]:
+        if not self.has_strokes:
+            raise DatasetFormatError(f"{self.path}: this dataset stores no stroke sequences")
+        if self._strokes is None:
+            with np.load(self.path / "strokes.npz") as z:
+                self._strokes = {k: z[k] for k in z.files}
+        st = self._strokes
+        a, b = st["sample_ptr"][i], st["sample_ptr"][i + 1]
+        ptr = st["stroke_ptr"]
+        return [st["points"][ptr[k] : ptr[k + 1]].astype(np.float32) for k in range(a, b)]
+
+    def torch_dataset(self, split: str | None = None):
+        from torch.utils.data import Dataset
+
+        dataset = self
+        indices = self.indices(split)
+
+        class _Split(Dataset):
+            def __len__(self) -> int:
+                return len(indices)
+
+            def __getitem__(self, k: int):
+                import torch
+
+                i = indices[k]
+                return torch.from_numpy(np.array(dataset.images[int(i)]))[None], int(dataset.labels[i])
+
+        return _Split()
+
+    def describe(self) -> str:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        lines = [
+            f"dataset      {self.path}",
+            f"samples      {len(self):,}   images {self.image_size}x{self.image_size} "
+            f"({self.meta['convention']})",
+            f"classes      {len(self.classes):,}   samples per class: min {counts.min()}, "
+            f"median {int(np.median(counts))}, max {counts.max()}",
+            f"writers      {len(self.writers):,}",
+            "sources      "
+            + ", ".join(f"{s} ({int((self.source_ids == i).sum()):,})" for i, s in enumerate(self.sources)),
+            f"split        {self.meta['split']['kind']} (seed {self.meta['split']['seed']})",
+        ]
+        for k, name in enumerate(SPLITS):
+            mask = self.split == k
+            lines.append(
+                f"  {name:<5}      {int(mask.sum()):>9,} samples, "
+                f"{len(np.unique(self.writer_ids[mask])):,} writers, "
+                f"{len(np.unique(self.labels[mask])):,} classes"
+            )
+        sample = "".join(self.classes[:40])
+        lines.append(f"first classes {sample}{' ...' if len(self.classes) > 40 else ''}")
+        lines.append(f"strokes      {'stored' if self.has_strokes else 'none'}")
+        return "\n".join(lines)
+
+    def save_grid(
+        self, out: str | Path, char: str | None = None, count: int = 64, split: str | None = None
+    ) -> Path:
+        """A PNG grid of samples, shown dark ink on white as a person reads them."""
+        from PIL import Image
+
+        idx = self.indices(split)
+        if char is not None:
+            if char not in self.classes:
+                raise DatasetFormatError(f"{self.path}: no class {char!r} in this dataset")
+            idx = idx[self.labels[idx] == self.classes.index(char)]
+        if len(idx) == 0:
+            raise DatasetFormatError(f"{self.path}: no samples match (char={char!r}, split={split!r})")
+        idx = np.random.default_rng(0).choice(idx, size=min(count, len(idx)), replace=False)
+        idx.sort()
+        imgs = self.images[idx]
+        cols = int(math.ceil(math.sqrt(len(imgs))))
+        rows = int(math.ceil(len(imgs) / cols))
+        s, pad = self.image_size, 2
+        canvas = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad), 255, np.uint8)
+        for k, img in enumerate(imgs):
+            r, c = divmod(k, cols)
+            canvas[
+                pad + r * (s + pad) : pad + r * (s + pad) + s, pad + c * (s + pad) : pad + c * (s + pad) + s
+            ] = 255 - img
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST).save(out)
+        return out
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing file of the packed dataset")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DatasetFormatError(f"{path}: unreadable ({e})") from e

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them without a traceback."""
+
+
+class KanjirecError(Exception):
+    """Base class: the message names the file, record or field at fault."""
+
+
+class DatasetFormatError(KanjirecError):
+    """A packed dataset (or a source file) is missing, truncated or inconsistent."""
+
+
+class EtlFormatError(KanjirecError):
+    """An ETL file does not match its published record layout."""
+
+
+class CheckpointError(KanjirecError):
+    """A checkpoint is unreadable or belongs to another model, class list or config."""

@@ -1,0 +1,95 @@
+"""The model registry: one factory for every architecture (timm style).
+
+    from kanjirec.models import create_model, list_models
+    model = create_model("stroke_rnn", num_classes=3036, classes=classes, hidden_size=256)
+
+A model family registers its class with ``@register_model("name")``. ``create_model`` checks
+the config keys against the constructor's keyword arguments (an unknown key raises TypeError
+naming it) and records the resolved keyword arguments, defaults included, in ``model.config``
+so that ``create_model(model.name, num_classes, classes=classes, **model.config)`` rebuilds
+the same architecture from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+
+from kanjirec.models.base import RecognitionModel, to_float
+
+__all__ = ["RecognitionModel", "create_model", "list_models", "register_model", "to_float"]
+
+_REGISTRY: dict[str, type[RecognitionModel]] = {}
+
+# Families are imported lazily on first use, so a new family only needs a line here.
+_FAMILY_MODULES = (
+    "kanjirec.models.cnn",
+    "kanjirec.models.radical",
+    "kanjirec.models.grid_rnn",
+    "kanjirec.models.stroke_rnn",
+    "kanjirec.models.hybrid",
+)
+
+
+def register_model(name: str) -> Callable[[type[RecognitionModel]], type[RecognitionModel]]:
+    """Class decorator: make a ``RecognitionModel`` subclass available to ``create_model(name)``."""
+
+    def decorate(cls: type[RecognitionModel]) -> type[RecognitionModel]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model name {name!r} is registered twice")
+        if not issubclass(cls, RecognitionModel):
+            raise TypeError(f"{cls.__name__} must derive from RecognitionModel")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_families() -> None:
+    for module in _FAMILY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            # A family file not written yet is skipped; a missing dependency inside one is not.
+            if e.name != module:
+                raise
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def _config_keys(cls: type[RecognitionModel]) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items() if k not in ("self", "num_classes", "classes")}
+
+
+def create_model(
+    name: str, num_classes: int, classes: list[str] | None = None, **config: object
+) -> RecognitionModel:
+    """Build a registered model; ``classes`` (the class characters) is needed by the radical models."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    keys = _config_keys(cls)
+    unknown = sorted(set(config) - set(keys))
+    if unknown:
+        raise TypeError(
+            f"model {name!r} got unknown config key(s) {', '.join(unknown)}; accepted: {', '.join(keys)}"
+        )
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"classes has {len(classes)} entries but num_classes is {num_classes}")
+    if "classes" in inspect.signature(cls.__init__).parameters:
+        model = cls(num_classes, classes=classes, **config)
+    else:
+        model = cls(num_classes, **config)
+    resolved = {k: p.default for k, p in keys.items() if p.default is not inspect.Parameter.empty}
+    resolved.update(config)
+    # Tuples become lists so the config round-trips through JSON unchanged.
+    model.config = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
+    return model
