@@ -101,28 +101,199 @@ def _add_pack_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_synth(dsub: argparse._SubParsersAction) -> None:
-    """`data synth` and `data charsets`; filled in by the synthetic-data module."""
+    """`data synth` and `data charsets`."""
+
+    def synth(a: argparse.Namespace) -> None:
+        from kanjirec.data.synth import synthesize
+
+        out = synthesize(
+            a.charset,
+            a.per_class,
+            a.out,
+            seed=a.seed,
+            image_size=a.image_size,
+            font_fraction=a.font_fraction,
+            fonts=a.fonts,
+            default_fonts=not a.no_default_fonts,
+            workers=a.workers,
+            with_strokes=a.with_strokes,
+            skip_missing=a.skip_missing,
+            split=a.split,
+        )
+        print(f"wrote {out}")
+
+    def charsets(a: argparse.Namespace) -> None:
+        from kanjirec.data.synth import charset_report
+
+        print(charset_report(a.names or None))
+
+    p = dsub.add_parser("synth", help="render synthetic handwriting (KanjiVG strokes) and print fonts")
+    p.add_argument("--charset", default="etl9g", help="a set name (see `data charsets`) or a file")
+    p.add_argument("--per-class", type=int, required=True, help="samples per character")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0, help="same seed, same dataset, any --workers")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--font-fraction", type=float, default=0.2, help="share of each class drawn from fonts")
+    p.add_argument("--fonts", nargs="+", default=[], help="more font files (path or path#face-index)")
+    p.add_argument("--no-default-fonts", action="store_true", help="skip the installed Noto / IPA fonts")
+    p.add_argument("--workers", type=int, default=1, help="processes to render with")
+    p.add_argument("--with-strokes", action="store_true", help="store each sample's stroke sequences too")
+    p.add_argument(
+        "--skip-missing", action="store_true", help="skip (and list) characters no stroke data or font covers"
+    )
+    p.add_argument("--split", choices=["writer", "random"], default="writer")
+    p.set_defaults(func=synth)
+
+    p = dsub.add_parser("charsets", help="size of each class set and its coverage by KanjiVG and fonts")
+    p.add_argument("names", nargs="*", help="sets to report (default: all)")
+    p.set_defaults(func=charsets)
 
 
 # ---------------------------------------------------------------- models
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    """`models`: list every registered model; filled in by the model zoo."""
+    """`models`: list every registered model with its parameters and FLOPs."""
+
+    def _models_list(a: argparse.Namespace) -> None:
+        from kanjirec.models import describe_models
+
+        print(describe_models(num_classes=a.num_classes, charset=a.charset))
+
+    p = sub.add_parser("models", help="list every model with parameters and forward FLOPs (batch 1)")
+    p.add_argument("--num-classes", type=int, default=3036, help="the first N classes of --charset")
+    p.add_argument("--charset", default="etl9g", help="class set the radical models decompose")
+    p.set_defaults(func=_models_list)
 
 
 # ---------------------------------------------------------------- training
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    """`train`; filled in by the training loop."""
+    """`train`: the one training loop for every registered model (kanjirec.train)."""
+    from kanjirec.config import add_train_arguments
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.config import config_from_args, resume_from_args
+        from kanjirec.train import train
+
+        train(config_from_args(a), resume=resume_from_args(a))
+
+    p = sub.add_parser(
+        "train",
+        help="train a registered model on a packed dataset",
+        description="Train NAME on a packed dataset. Precedence: defaults < --config file < flags < --set. "
+        "Writes <out-dir>/<run-name>/{checkpoints,results,config}; resumes from the run's latest "
+        "checkpoint unless --no-resume. Runs unchanged under torchrun --nproc-per-node N (DDP).",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------- evaluation
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """`evaluate`, `compare`, `ensemble`; filled in by the evaluation module."""
+    """`evaluate`, `compare`, `ensemble` (evaluate.py, ensemble.py)."""
+
+    def given(**options: object) -> dict:
+        # Options left unset keep the library's defaults (not repeated here, and --help stays torch-free).
+        return {k: v for k, v in options.items() if v is not None}
+
+    def run_evaluate(a: argparse.Namespace) -> None:
+        from kanjirec.evaluate import evaluate, report_markdown
+
+        report = evaluate(
+            a.model,
+            a.data,
+            split=None if a.split == "all" else a.split,
+            out=a.out,
+            **given(batch_size=a.batch_size),
+        )
+        print(report_markdown(report))
+        if a.out:
+            print(f"wrote report.json, report.md, confusions.png, reliability.png to {a.out}")
+
+    def run_compare(a: argparse.Namespace) -> None:
+        from kanjirec.evaluate import compare, compare_markdown
+
+        result = compare(
+            a.runs,
+            a.data,
+            split=a.split,
+            out=a.out,
+            latency_runs=a.latency_runs,
+            memory=not a.no_memory,
+            root=a.root,
+            **given(batch_size=a.batch_size, robustness_samples=a.robustness_samples),
+        )
+        print(compare_markdown(result))
+        print(f"wrote compare.md, compare.json and charts to {a.out}")
+
+    def run_ensemble(a: argparse.Namespace) -> None:
+        from kanjirec.ensemble import build_ensemble, ensemble_markdown
+
+        report = build_ensemble(
+            a.runs,
+            a.data,
+            a.out,
+            weighting=a.weighting,
+            fit_split=a.fit_split,
+            test_split=a.split,
+            latency_runs=a.latency_runs,
+            **given(batch_size=a.batch_size),
+        )
+        print(ensemble_markdown(report))
+
+    p = sub.add_parser(
+        "evaluate", help="accuracy, confusions, calibration and per-writer accuracy of a model"
+    )
+    p.add_argument("model", type=Path, help="a run directory, a checkpoint file or an ensemble .json")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a packed dataset (any: its classes are matched to the model's by character)",
+    )
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--out", type=Path, help="folder for report.json, report.md and the PNG charts")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("compare", help="one table of accuracy, size, FLOPs, speed, memory and robustness")
+    p.add_argument("runs", nargs="*", type=Path, help="runs or checkpoints (default: every run under --root)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--root", type=Path, default=Path("model_training"))
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--out", type=Path, default=Path("comparison"))
+    p.add_argument(
+        "--robustness-samples",
+        type=int,
+        help="samples per distortion x severity (default sized for the time target, printed in "
+        "the report; 0 skips the robustness suite; -1 uses the whole split)",
+    )
+    p.add_argument("--latency-runs", type=int, default=50, help="batch-1 runs whose median is the latency")
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory probe (a subprocess per model)"
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("ensemble", help="average several models' probabilities; save and score the ensemble")
+    p.add_argument("runs", nargs="+", type=Path, help="two or more runs or checkpoints with one class list")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the ensemble manifest to write (.json)")
+    p.add_argument(
+        "--weighting",
+        choices=["fitted", "mean"],
+        default="fitted",
+        help="fitted: weights minimising NLL on --fit-split (L-BFGS); mean: equal weights",
+    )
+    p.add_argument("--fit-split", choices=["train", "val", "test"], default="val")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score on")
+    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.set_defaults(func=run_ensemble)
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -137,15 +308,105 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
-    """`bench data`; filled in by the ETL module."""
+    """`bench data`: ETL9G decoding throughput and prepare's peak memory."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.data import bench_data
+
+        bench_data(
+            records=a.records, baseline_records=a.baseline_records, image_size=a.image_size, workdir=a.workdir
+        )
+
+    p = bsub.add_parser(
+        "data", help="ETL9G decoding speed vs a per-record struct+Pillow baseline, and prepare's peak memory"
+    )
+    p.add_argument("--records", type=int, default=50_000, help="records in the generated ETL9G file")
+    p.add_argument(
+        "--baseline-records",
+        type=int,
+        default=2_000,
+        help="records the per-record baseline decodes; its time is extrapolated per record",
+    )
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--workdir", type=Path, help="folder for the temporary files (default: system temp)")
+    p.set_defaults(func=run)
 
 
 def _add_bench_synth(bsub: argparse._SubParsersAction) -> None:
-    """`bench synth`; filled in by the synthetic-data module."""
+    """`bench synth`."""
+
+    def bench(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.synth import bench_synth
+
+        bench_synth(charset=a.charset, writers=a.writers, image_size=a.image_size, seed=a.seed)
+
+    p = bsub.add_parser("synth", help="synthetic samples per second per core, stage by stage")
+    p.add_argument("--charset", default="etl9g")
+    p.add_argument("--writers", type=int, default=2, help="writers, each writing every class once")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench)
 
 
 def _add_bench_train(bsub: argparse._SubParsersAction) -> None:
-    """`bench train`; filled in by the training loop."""
+    """`bench train`: training samples/s beside the machine's matmul GFLOP/s and the model's FLOPs."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.train import bench_train
+        from kanjirec.config import parse_value
+
+        overrides = {}
+        for item in a.set_items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CliError(f"--set {item!r}: expected key=value")
+            overrides[key.removeprefix("model.")] = parse_value(value)
+        bench_train(
+            models=None if a.all else [a.model],
+            batch_size=a.batch_size,
+            steps=a.steps,
+            num_classes=a.num_classes,
+            model_config=overrides,
+            threads=a.threads,
+        )
+
+    p = bsub.add_parser("train", help="training samples/s vs this machine's measured compute bound")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a registered model name")
+    which.add_argument("--all", action="store_true", help="every registered model")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps (after 3 warm-up steps)")
+    p.add_argument("--num-classes", type=int, default=3036, help="classes of the head (ETL9G has 3,036)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--set",
+        dest="set_items",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model keyword argument, e.g. hidden_size=128; repeatable",
+    )
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------- the main job
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from kanjirec.demo import run_demo
+
+    run_demo(a.out, classes=a.classes, per_class=a.per_class, epochs=a.epochs, models=a.models, seed=a.seed)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synthesise a small dataset, train every model briefly, compare them")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--classes", type=int, default=100, help="ETL9G classes, spread over the set")
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--models", nargs="+", help="default: every registered model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
 
 
 # ---------------------------------------------------------------- entry point
@@ -159,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_bench(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -4,8 +4,8 @@ Every packed image is square uint8 with ink bright (255) on a dark background
 (0). `normalize_images` turns a batch of raw images whose ink is high (ETL,
 rendered strokes, fonts drawn as white on black) into that convention:
 
-1. contrast: the background level (the image's median) goes to 0 and the ink's
-   99th percentile to 255, so faint scans and saturated renders look alike;
+1. contrast: the background level (the image's median) goes to 0 and the ink level
+   (95th percentile of the pixels above it) to 255, so faint scans and saturated renders look alike;
 2. optional crop to the ink's bounding box (pixels above a quarter of full ink);
 3. an aspect-preserving resize of the longer side to ``size - 2 * margin``,
    centred on a ``size`` x ``size`` canvas.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 # Above this fraction of full ink a pixel counts as ink for cropping.
 _INK_THRESHOLD = 0.25
-_CHUNK = 2048
+_CHUNK = 512
 
 
 def normalize_images(
@@ -41,25 +41,46 @@ def normalize_images(
     """
     if images.ndim != 3:
         raise ValueError(f"expected images of shape (n, h, w), got {images.shape}")
-    if max_level <= 0:
-        raise ValueError(f"max_level must be positive, got {max_level}")
+    if not np.issubdtype(images.dtype, np.integer):
+        raise ValueError(f"expected integer images (levels 0..max_level), got {images.dtype}")
+    if not 0 < max_level < 65536:
+        raise ValueError(f"max_level must lie in 1..65535, got {max_level}")
     if size <= 2 * margin:
         raise ValueError(f"size {size} leaves no room inside a margin of {margin}")
     out = np.empty((len(images), size, size), np.uint8)
     for start in range(0, len(images), _CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + _CHUNK])).float()
-        out[start : start + _CHUNK] = _normalize_chunk(chunk / max_level, size, crop, margin).numpy()
+        chunk = np.ascontiguousarray(images[start : start + _CHUNK])
+        background, top = _levels(chunk, max_level)
+        x = torch.from_numpy(chunk).float()
+        scale = torch.from_numpy(top - background).float().clamp_min(0.5)
+        x = ((x - torch.from_numpy(background).float()[:, None, None]) / scale[:, None, None]).clamp_(0, 1)
+        out[start : start + _CHUNK] = _resize_chunk(x, size, crop, margin).numpy()
     return out
 
 
-def _normalize_chunk(x: torch.Tensor, size: int, crop: bool, margin: int) -> torch.Tensor:
+def _levels(chunk: np.ndarray, max_level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the median level (background) and the ink level, from one histogram.
+
+    The ink level is the 95th percentile of the pixels above the background, not the
+    maximum, so one hot pixel cannot dim a whole image, and a character covering 1% of
+    the frame is stretched as well as one covering 30%. Histograms of all images in one
+    bincount beat sorting for the few levels scans have.
+    """
+    n = len(chunk)
+    levels = max_level + 1
+    flat = np.minimum(chunk.reshape(n, -1), max_level).astype(np.int64)
+    flat += (np.arange(n, dtype=np.int64) * levels)[:, None]
+    hist = np.bincount(flat.ravel(), minlength=n * levels).reshape(n, levels)
+    cum = hist.cumsum(axis=1)
+    background = (cum * 2 < cum[:, -1:]).sum(axis=1)
+    hist[np.arange(levels)[None, :] <= background[:, None]] = 0
+    ink = hist.cumsum(axis=1)
+    top = np.where(ink[:, -1] > 0, (ink * 100 < ink[:, -1:] * 95).sum(axis=1), background)
+    return background.astype(np.float32), top.astype(np.float32)
+
+
+def _resize_chunk(x: torch.Tensor, size: int, crop: bool, margin: int) -> torch.Tensor:
     n, h, w = x.shape
-    flat = x.reshape(n, -1)
-    background = flat.median(dim=1).values
-    # The ink's 99th percentile, not its maximum, so one hot pixel cannot dim a whole image.
-    top = torch.quantile(flat, 0.99, dim=1) if flat.shape[1] <= 16_000_000 else flat.max(dim=1).values
-    scale = (top - background).clamp_min(1e-6)
-    x = ((x - background[:, None, None]) / scale[:, None, None]).clamp_(0, 1)
 
     # Box (x0, y0, x1, y1) of the content in pixel units, per image.
     if crop:

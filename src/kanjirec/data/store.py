@@ -48,8 +48,8 @@ class DatasetWriter:
         self._tmp = self.out_dir.with_name(self.out_dir.name + ".partial")
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp.mkdir(parents=True)
-        self._pending: list[np.ndarray] = []
-        self._pending_count = 0
+        self._part = None  # open file of the shard being written, raw bytes
+        self._part_count = 0
         self._shards: list[dict] = []
         self._chars: list[str] = []
         self._writer_keys: dict[str, int] = {}
@@ -99,20 +99,32 @@ class DatasetWriter:
             np.full(n, self._source_keys.setdefault(source, len(self._source_keys)), np.int16)
         )
         self._codes.append(np.full(n, -1, np.int32) if codes is None else np.asarray(codes, np.int32))
-        self._pending.append(images)
-        self._pending_count += n
         self._count += n
-        while self._pending_count >= self.shard_size:
-            self._flush(self.shard_size)
+        # Images go straight to disk, so memory never holds more than the batch being added.
+        while len(images):
+            if self._part is None:
+                self._part = open(self._tmp / "shard.part", "wb")
+                self._part_count = 0
+            take = min(len(images), self.shard_size - self._part_count)
+            self._part.write(np.ascontiguousarray(images[:take]).tobytes())
+            self._part_count += take
+            images = images[take:]
+            if self._part_count == self.shard_size:
+                self._close_shard()
 
-    def _flush(self, count: int) -> None:
-        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        shard, rest = block[:count], block[count:]
+    def _close_shard(self) -> None:
+        """Turn the raw part file into an .npy shard: header, then the bytes, copied in blocks."""
+        self._part.close()
+        s = self.image_size
         name = f"images-{len(self._shards):05d}.npy"
-        np.save(self._tmp / name, shard)
-        self._shards.append({"file": name, "count": len(shard)})
-        self._pending = [rest] if len(rest) else []
-        self._pending_count = len(rest)
+        part = self._tmp / "shard.part"
+        with open(self._tmp / name, "wb") as out, open(part, "rb") as raw:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (self._part_count, s, s)}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, 16 << 20)
+        part.unlink()
+        self._shards.append({"file": name, "count": self._part_count})
+        self._part = None
 
     def finish(
         self,
@@ -124,8 +136,8 @@ class DatasetWriter:
     ) -> Path:
         if self._count == 0:
             raise DatasetFormatError(f"{self.out_dir}: no samples were added")
-        if self._pending_count:
-            self._flush(self._pending_count)
+        if self._part is not None:
+            self._close_shard()
         classes = sorted(set(self._chars), key=ord)
         index = {c: i for i, c in enumerate(classes)}
         labels = np.fromiter((index[c] for c in self._chars), np.int32, self._count)

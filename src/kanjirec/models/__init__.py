@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from kanjirec.models.base import RecognitionModel, to_float
 
-__all__ = ["RecognitionModel", "create_model", "list_models", "register_model", "to_float"]
+__all__ = ["RecognitionModel", "create_model", "describe_models", "list_models", "register_model", "to_float"]
 
 _REGISTRY: dict[str, type[RecognitionModel]] = {}
 
@@ -91,5 +91,30 @@ def create_model(
     resolved = {k: p.default for k, p in keys.items() if p.default is not inspect.Parameter.empty}
     resolved.update(config)
     # Tuples become lists so the config round-trips through JSON unchanged.
+    model.classes = tuple(classes) if classes is not None else None
     model.config = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
     return model
+
+
+def describe_models(num_classes: int = 3036, charset: str = "etl9g") -> str:
+    """A table of every registered model at default config: parameters and forward FLOPs (batch 1).
+
+    The classes are the first ``num_classes`` characters of ``charset`` (the radical models
+    decompose them). FLOPs exclude the stroke model's numpy feature extraction.
+    """
+    from kanjirec.charset import get_charset
+    from kanjirec.models.base import count_flops
+
+    chars = get_charset(charset)
+    if not 1 <= num_classes <= len(chars):
+        raise ValueError(f"--num-classes must be between 1 and {len(chars)} (the size of {charset!r})")
+    classes = chars[:num_classes]
+    lines = [f"{'model':<18} {'parameters':>12} {'MFLOPs':>10}  input of the exported graph"]
+    for name in list_models():
+        model = create_model(name, num_classes, classes=classes)
+        flops = count_flops(model)
+        lines.append(f"{name:<18} {model.num_parameters():>12,} {flops / 1e6:>10.1f}  {model.feature_kind}")
+    lines.append(
+        f"({num_classes} classes of {charset}; LSTM FLOPs added by formula, see models.base.count_flops)"
+    )
+    return "\n".join(lines)

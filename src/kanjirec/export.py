@@ -1,0 +1,121 @@
+"""ONNX export: the one exporter for every registered model.
+
+The exported graph is ``model.forward_features``: for most models it takes ``images`` (float32
+(B, 1, 64, 64) in [0, 1], ink bright on dark), for the stroke model the extracted ``strokes``
+and ``lengths`` (see ``models/stroke_rnn.py``). The batch axis is dynamic. What a runtime needs
+to use the graph is stored in the ONNX ``metadata_props``:
+
+    kanjirec.classes        JSON list of the class characters (logit order)
+    kanjirec.preprocessing  the model's ``feature_kind``: "images" or "strokes:<extractor>:<max>"
+    kanjirec.image_size     side of the square input images
+    kanjirec.model          registry name; kanjirec.config: JSON of the model config
+
+The default opset is 18: torch 2.13's exporter implements opset 18 and up, and its down-conversion
+to 17 fails on several of our graphs (ReduceMean/ReduceMax axes), so an opset the written file
+does not carry raises ``ExportError`` rather than passing silently.
+
+``Recognizer`` (recognizer.py) reads these. After writing, the export is checked: ONNX Runtime
+must reproduce PyTorch's logits on a sample batch within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kanjirec.errors import KanjirecError
+from kanjirec.models.base import RecognitionModel
+
+META_PREFIX = "kanjirec."
+
+
+class ExportError(KanjirecError):
+    """The exported graph does not reproduce the PyTorch model."""
+
+
+def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A reproducible uint8 batch with blocky ink (several connected parts) for tracing and checks."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 1, image_size // 8, image_size // 8, generator=generator) > 0.6
+    return coarse.repeat_interleave(8, 2).repeat_interleave(8, 3).to(torch.uint8) * 255
+
+
+def export_onnx(
+    model: RecognitionModel,
+    path: str | Path,
+    opset: int = 18,
+    classes: Sequence[str] | None = None,
+    image_size: int = 64,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Write ``model`` as an ONNX file with a dynamic batch axis and the metadata above."""
+    import onnx
+    import onnxruntime as ort
+
+    classes = list(classes if classes is not None else (getattr(model, "classes", None) or []))
+    if len(classes) != model.num_classes:
+        raise ValueError(
+            f"export needs the {model.num_classes} class characters (pass classes= or build the model "
+            f"with create_model(..., classes=...)); got {len(classes)}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        features = model.extract_features(sample_images(3, image_size))
+        names = list(model.feature_names())
+        batch = torch.export.Dim("batch")
+        # One entry for the wrapper's *xs, holding one spec per input.
+        dynamic_shapes = (tuple({0: batch} for _ in features),)
+
+        class _Graph(torch.nn.Module):
+            def __init__(self, inner: RecognitionModel) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+                return self.inner.forward_features(*xs)
+
+        with torch.no_grad():
+            expected = model.forward_features(*features).numpy()
+            program = torch.onnx.export(
+                _Graph(model),
+                tuple(features),
+                input_names=names,
+                output_names=["logits"],
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+            )
+        program.save(str(path))
+    finally:
+        model.train(was_training)
+
+    proto = onnx.load(str(path))
+    written = {o.domain: o.version for o in proto.opset_import}.get("", None)
+    if written != opset:
+        raise ExportError(f"{path}: asked for ONNX opset {opset}, the exporter wrote opset {written}")
+    metadata = {
+        "classes": json.dumps(classes, ensure_ascii=False),
+        "preprocessing": model.feature_kind,
+        "image_size": str(image_size),
+        "model": model.name,
+        "config": json.dumps(model.config, ensure_ascii=False),
+    }
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
+    onnx.save(proto, str(path))
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: f.numpy() for n, f in zip(names, features, strict=True)})[0]
+    error = float(np.abs(got - expected).max())
+    if error > tolerance:
+        raise ExportError(f"{path}: ONNX Runtime logits differ from PyTorch by {error:.2e} (> {tolerance})")
+    return path

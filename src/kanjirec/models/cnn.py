@@ -1,0 +1,51 @@
+"""Plain CNN (seed section 1): conv blocks with SE channel attention, then a classification head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kanjirec.models import register_model
+from kanjirec.models.base import RecognitionModel, SqueezeExcite, conv_bn_relu
+
+
+@register_model("cnn")
+class PlainCNN(RecognitionModel):
+    """Blocks of ``convs_per_block`` 3x3 Conv-BN-ReLU + squeeze-excitation + 2x2 max-pool.
+
+    64x64 input, four blocks -> 4x4x256, global average pool -> MLP head. About 2.9M
+    parameters at 3,036 classes, most of them in the head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        convs_per_block: int = 2,
+        se_reduction: int = 8,
+        head_hidden: int = 512,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__(num_classes)
+        blocks: list[nn.Module] = []
+        in_ch = 1
+        for out_ch in channels:
+            layers = [conv_bn_relu(in_ch if i == 0 else out_ch, out_ch) for i in range(convs_per_block)]
+            blocks.append(nn.Sequential(*layers, SqueezeExcite(out_ch, se_reduction), nn.MaxPool2d(2)))
+            in_ch = out_ch
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(in_ch, head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, num_classes),
+        )
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)
+        return self.head(x.mean(dim=(2, 3)))

@@ -1,0 +1,267 @@
+"""The two radical (component) models, supervised by KanjiVG decompositions (``decompose.py``).
+
+``radical_attn_rnn`` (seed section 2, ``train_radical_rnn.py``): a CNN encoder turns the
+image into an 8x8 grid of slots; a component detector gives each slot sigmoid probabilities
+over the component vocabulary (multi-label: a slot can hold 言 and the 口 inside it); each
+slot's component embedding is ``probabilities @ code matrix`` (encoding ``one_hot``,
+``binary_tree`` or ``learned``, then a linear projection for the fixed codes); a BiLSTM with
+additive attention reads the 64 slots in reading order; a linear head gives the class. The
+component loss is binary cross-entropy between the max over slots of the detector's logits
+and the class's multi-hot decomposition (multiple-instance learning: a component must fire
+somewhere). ``predict_components`` and ``score_by_decomposition`` use that detector to score
+any character whose KanjiVG decomposition is known, classes or not (zero-shot).
+
+Note on encodings: because the embedding is a soft mixture followed by a learned linear map,
+``one_hot`` + projection and ``learned`` are the same function class (only initialisation and
+a bias differ); ``binary_tree`` is a real bottleneck (9 dimensions for 500 components).
+
+``radical_rnn`` (seed section 3c): the detector reads the pooled image and predicts an ordered
+component sequence of up to ``max_components`` slots, each a softmax over the vocabulary plus
+an "end" symbol, supervised by the class's components in KanjiVG tree order. Slot embeddings
+are ``probabilities @ embedding`` (vocabulary 500, dimension 128); the soft mask ``1 - p(end)``
+drives a masked mean over the BiLSTM outputs, so padding is learned and differentiable.
+
+Both need ``classes=`` (the class characters) at construction; they keep the decomposition
+tables as buffers, so a checkpoint carries them. Neither feeds an argmax or top-k index into
+an embedding: the path from pixels to class is differentiable end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kanjirec.decompose import (
+    ENCODINGS,
+    ComponentTable,
+    DecompositionError,
+    decompose,
+    pack_strings,
+    unpack_strings,
+)
+from kanjirec.models import register_model
+from kanjirec.models.base import RecognitionModel, conv_bn_relu
+
+
+def _encoder(channels: Sequence[int]) -> nn.Sequential:
+    """Two Conv-BN-ReLU per stage, 2x2 max-pool after each: 64x64 -> 8x8 with three stages."""
+    layers: list[nn.Module] = []
+    in_ch = 1
+    for out_ch in channels:
+        layers += [conv_bn_relu(in_ch, out_ch), conv_bn_relu(out_ch, out_ch), nn.MaxPool2d(2)]
+        in_ch = out_ch
+    return nn.Sequential(*layers)
+
+
+class _ComponentModel(RecognitionModel):
+    """Holds the component table as buffers and implements zero-shot scoring."""
+
+    def _init_table(self, classes: Sequence[str] | None, vocab_size: int, max_len: int) -> ComponentTable:
+        if classes is None:
+            raise ValueError(
+                f"model {self.name!r} needs classes= (the class characters) to look up their "
+                "KanjiVG decompositions"
+            )
+        table = ComponentTable.build(classes, vocab_size=vocab_size, max_len=max_len)
+        self.register_buffer("component_targets", torch.from_numpy(table.targets))
+        self.register_buffer("component_sequences", torch.from_numpy(table.sequences))
+        # The vocabulary as code points, so a checkpoint names its components without KanjiVG.
+        vocab = torch.from_numpy(pack_strings(table.vocabulary))
+        self.register_buffer("vocabulary_codepoints", vocab)
+        self.classes = tuple(classes)
+        return table
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return unpack_strings(self.vocabulary_codepoints.cpu().numpy())
+
+    def predict_components(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V) probability that each vocabulary component is present in each image."""
+        raise NotImplementedError
+
+    def decomposition_targets(self, chars: Sequence[str]) -> torch.Tensor:
+        """(K, V) multi-hot decompositions of any characters, via KanjiVG for non-classes."""
+        index = {c: i for i, c in enumerate(self.vocabulary)}
+        class_row = {c: i for i, c in enumerate(self.classes)}
+        out = torch.zeros(len(chars), len(index), device=self.component_targets.device)
+        for row, char in enumerate(chars):
+            if char in class_row:
+                out[row] = self.component_targets[class_row[char]]
+                continue
+            ids = [index[x] for x in decompose(char) if x in index]
+            if not ids:
+                raise DecompositionError(f"character {char!r} has no component in this model's vocabulary")
+            out[row, ids] = 1.0
+        return out
+
+    def score_by_decomposition(self, images: torch.Tensor, candidate_chars: Sequence[str]) -> torch.Tensor:
+        """(B, K) mean Bernoulli log-likelihood of each candidate's decomposition under the
+        predicted component probabilities; higher is a better match. Works for characters the
+        model never saw, as long as KanjiVG decomposes them into known components."""
+        targets = self.decomposition_targets(candidate_chars)
+        probs = self.predict_components(images).clamp(1e-6, 1 - 1e-6)
+        log_p, log_not_p = probs.log(), (1 - probs).log()
+        return (log_p @ targets.T + log_not_p @ (1 - targets).T) / targets.shape[1]
+
+
+@register_model("radical_attn_rnn")
+class RadicalAttentionRNN(_ComponentModel):
+    """Image -> 8x8 slots -> component probabilities -> component embeddings -> BiLSTM + attention."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        classes: Sequence[str] | None = None,
+        *,
+        vocab_size: int = 500,
+        encoding: str = "learned",
+        embed_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        channels: Sequence[int] = (32, 64, 128),
+        component_weight: float = 1.0,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__(num_classes)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown component encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+        table = self._init_table(classes, vocab_size, max_len=1)
+        v = len(table.vocabulary)
+        self.component_weight = component_weight
+        self.encoder = _encoder(channels)
+        self.detector = nn.Linear(channels[-1], v)
+        # Start from a small prior (components are rare per slot), as in focal-loss detectors.
+        nn.init.constant_(self.detector.bias, -2.0)
+        codes = table.encoding(encoding)
+        if codes is None:
+            self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
+            self.projection = nn.Identity()
+        else:
+            self.register_buffer("codes", torch.from_numpy(codes))
+            self.projection = nn.Linear(codes.shape[1], embed_dim)
+        # A mixture of few confident components has a small norm; normalising keeps the LSTM's input
+        # scale independent of how many components a slot holds.
+        self.embedding_norm = nn.LayerNorm(embed_dim)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.attention_score = nn.Sequential(
+            nn.Linear(2 * hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1)
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
+
+    def _component_logits(self, images: torch.Tensor) -> torch.Tensor:
+        slots = self.encoder(images).flatten(2).transpose(1, 2)  # (B, S, C), reading order
+        return self.detector(slots)  # (B, S, V)
+
+    def _classify(self, component_logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.sigmoid(component_logits)
+        codes = self.embedding if isinstance(self.projection, nn.Identity) else self.codes
+        x, _ = self.lstm(self.embedding_norm(self.projection(probs @ codes)))
+        weights = torch.softmax(self.attention_score(x), dim=1)  # (B, S, 1)
+        return self.head((weights * x).sum(dim=1))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self._classify(self._component_logits(images))
+
+    def predict_components(self, images: torch.Tensor) -> torch.Tensor:
+        (x,) = self.extract_features(images)
+        return torch.sigmoid(self._component_logits(x).amax(dim=1))
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        (x,) = self.extract_features(images)
+        component_logits = self._component_logits(x)
+        logits = self._classify(component_logits)
+        class_loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        component_loss = F.binary_cross_entropy_with_logits(
+            component_logits.amax(dim=1), self.component_targets[labels]
+        )
+        loss = class_loss + self.component_weight * component_loss
+        return loss, logits, {"class_loss": class_loss.item(), "component_loss": component_loss.item()}
+
+
+@register_model("radical_rnn")
+class RadicalSequenceRNN(_ComponentModel):
+    """Image -> ordered component slots (softmax over vocabulary + end) -> embeddings ->
+    BiLSTM -> masked mean pooling -> head."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        classes: Sequence[str] | None = None,
+        *,
+        vocab_size: int = 500,
+        max_components: int = 12,
+        embed_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        channels: Sequence[int] = (32, 64, 128),
+        detector_hidden: int = 256,
+        component_weight: float = 1.0,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__(num_classes)
+        table = self._init_table(classes, vocab_size, max_len=max_components)
+        v = len(table.vocabulary)
+        self.component_weight = component_weight
+        self.encoder = nn.Sequential(_encoder(channels), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.image_to_slots = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(channels[-1] * 16, detector_hidden), nn.ReLU(inplace=True)
+        )
+        self.slot_queries = nn.Parameter(torch.randn(max_components, detector_hidden) * 0.02)
+        self.slot_classifier = nn.Linear(detector_hidden, v + 1)  # index v: no further component
+        self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
+        self.embedding_norm = nn.LayerNorm(embed_dim)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
+
+    def _slot_logits(self, images: torch.Tensor) -> torch.Tensor:
+        image = self.image_to_slots(self.encoder(images))  # (B, H)
+        return self.slot_classifier(F.relu(image[:, None, :] + self.slot_queries))  # (B, L, V+1)
+
+    def _classify(self, slot_logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(slot_logits, dim=2)
+        present = 1.0 - probs[:, :, -1:]  # soft mask (B, L, 1)
+        x, _ = self.lstm(self.embedding_norm(probs[:, :, :-1] @ self.embedding))
+        pooled = (x * present).sum(dim=1) / (present.sum(dim=1) + 1e-6)
+        return self.head(pooled)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self._classify(self._slot_logits(images))
+
+    def predict_components(self, images: torch.Tensor) -> torch.Tensor:
+        """P(component appears in at least one slot), slots taken as independent."""
+        (x,) = self.extract_features(images)
+        probs = torch.softmax(self._slot_logits(x), dim=2)[:, :, :-1]
+        return 1.0 - torch.prod(1.0 - probs, dim=1)
+
+    def training_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        (x,) = self.extract_features(images)
+        slot_logits = self._slot_logits(x)
+        logits = self._classify(slot_logits)
+        class_loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        sequence = self.component_sequences[labels]
+        end = slot_logits.shape[2] - 1
+        sequence = torch.where(sequence < 0, torch.full_like(sequence, end), sequence)
+        component_loss = F.cross_entropy(slot_logits.flatten(0, 1), sequence.flatten())
+        loss = class_loss + self.component_weight * component_loss
+        return loss, logits, {"class_loss": class_loss.item(), "component_loss": component_loss.item()}

@@ -1,0 +1,131 @@
+"""The small inference API: ``Recognizer.load("model.onnx")(image) -> [(char, prob), ...]``.
+
+Any image is brought to the project's convention before the graph runs:
+
+1. grey: RGB(A) is converted to luminance; transparent pixels take the background colour
+   (white under dark ink, black under bright ink);
+2. polarity: if the median of the image's border is bright, the image is inverted, so the
+   ink is bright on a dark background;
+3. ``data.preprocess.normalize_images(..., max_level=255, size=64, crop=True)``: contrast
+   normalisation, crop to the ink, aspect-preserving resize to 64x64 and centring;
+4. the model's feature step named in the ONNX metadata: ``images`` -> float in [0, 1];
+   ``strokes:<extractor>:<max>`` -> ``data.sequences.extract_strokes`` outside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kanjirec.errors import KanjirecError
+
+META_PREFIX = "kanjirec."
+
+
+class RecognizerError(KanjirecError):
+    """An ONNX file lacks kanjirec metadata, or an image cannot be read."""
+
+
+def _grey(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Any supported image -> (H, W) uint8 grey, in its original polarity."""
+    if isinstance(image, (str, Path)):
+        try:
+            image = Image.open(image)
+            image.load()
+        except OSError as e:
+            raise RecognizerError(f"{image}: cannot read image: {e}") from e
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+            grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+            alpha = rgba[..., 3] / 255.0
+            opaque = grey[alpha > 0.5]
+            background = 0.0 if opaque.size and np.median(opaque) > 127 else 255.0
+            return np.round(grey * alpha + background * (1 - alpha)).astype(np.uint8)
+        return np.asarray(image.convert("L"))
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise RecognizerError(f"expected a (H, W), (1, H, W) or (H, W, 3|4) image array, got {array.shape}")
+    if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+
+
+def to_convention(image: str | Path | Image.Image | np.ndarray, size: int = 64) -> np.ndarray:
+    """Any image -> (size, size) uint8, ink 255 on 0, contrast-normalised, cropped and centred."""
+    from kanjirec.data.preprocess import normalize_images
+
+    grey = _grey(image)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 127:
+        grey = 255 - grey
+    return normalize_images(grey[None], max_level=255, size=size, crop=True)[0]
+
+
+class Recognizer:
+    """Top-k character recognition with an exported ONNX model."""
+
+    def __init__(self, session, classes: list[str], preprocessing: str, image_size: int, top_k: int = 5):
+        self.session = session
+        self.classes = classes
+        self.preprocessing = preprocessing
+        self.image_size = image_size
+        self.top_k = top_k
+        self._input_names = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def load(cls, path: str | Path, top_k: int = 5) -> Recognizer:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise RecognizerError(f"{path}: no such ONNX file")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        missing = [k for k in ("classes", "preprocessing", "image_size") if META_PREFIX + k not in meta]
+        if missing:
+            raise RecognizerError(
+                f"{path}: not a kanjirec export, metadata lacks {', '.join(META_PREFIX + k for k in missing)}"
+            )
+        return cls(
+            session,
+            json.loads(meta[META_PREFIX + "classes"]),
+            meta[META_PREFIX + "preprocessing"],
+            int(meta[META_PREFIX + "image_size"]),
+            top_k,
+        )
+
+    def graph_inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, S, S) uint8 images in the convention -> the graph's named inputs."""
+        if self.preprocessing == "images":
+            return {self._input_names[0]: (images[:, None].astype(np.float32) / 255.0)}
+        kind, extractor, max_strokes = self.preprocessing.split(":")
+        if kind != "strokes":
+            raise RecognizerError(f"unknown preprocessing {self.preprocessing!r} in the ONNX metadata")
+        from kanjirec.data.sequences import extract_strokes
+
+        strokes, lengths = extract_strokes(images, extractor, int(max_strokes))
+        return dict(zip(self._input_names, (strokes, lengths), strict=True))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(B, S, S) uint8 images already in the convention -> (B, C) logits."""
+        return self.session.run(None, self.graph_inputs(images))[0]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        logits = self.logits(images)
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def __call__(
+        self, image: str | Path | Image.Image | np.ndarray, top_k: int | None = None
+    ) -> list[tuple[str, float]]:
+        probs = self.probabilities(to_convention(image, self.image_size)[None])[0]
+        best = np.argsort(-probs)[: top_k or self.top_k]
+        return [(self.classes[i], float(probs[i])) for i in best]

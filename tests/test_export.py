@@ -1,0 +1,89 @@
+"""ONNX export of every model and the Recognizer that runs it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from kanjirec.data.kanjivg import load_kanjivg
+from kanjirec.export import export_onnx
+from kanjirec.models import create_model, list_models
+from kanjirec.recognizer import Recognizer, RecognizerError, to_convention
+
+CLASSES = list("明林語川")
+SMALL = {
+    "cnn": dict(channels=(8, 16, 16, 32), head_hidden=32),
+    "basic_rnn": dict(hidden_size=16),
+    "stroke_rnn": dict(hidden_size=16, num_heads=4, head_hidden=16),
+    "hybrid_cnn_rnn": dict(channels=(8, 16, 16, 32), global_dim=16, hidden_size=16, head_hidden=16),
+    "radical_attn_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32)),
+    "radical_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32), detector_hidden=32),
+}
+
+
+def render(char: str, shift: tuple[float, float] = (0, 0)) -> np.ndarray:
+    """KanjiVG strokes drawn as 255 on 0 at 64x64."""
+    image = Image.new("L", (64, 64), 0)
+    draw = ImageDraw.Draw(image)
+    for stroke in load_kanjivg()[char].strokes:
+        points = (stroke.points - 54.5) * 0.85 * 64 / 109 + 32 + np.asarray(shift)
+        draw.line([tuple(p) for p in points], fill=255, width=3, joint="curve")
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnx_runtime_matches_pytorch(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, len(CLASSES), classes=CLASSES, **SMALL.get(name, {})).eval()
+    path = export_onnx(model, tmp_path / f"{name}.onnx")
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["kanjirec.classes"]) == CLASSES
+    assert meta["kanjirec.preprocessing"] == model.feature_kind
+    assert json.loads(meta["kanjirec.config"]) == model.config
+
+    recognizer = Recognizer.load(path)
+    # Five images against a graph traced with three: the batch axis is dynamic.
+    images = np.stack([render(c, (1, -1)) for c in [*CLASSES, "日"]])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)[:, None]).numpy()
+    np.testing.assert_allclose(recognizer.logits(images), expected, atol=1e-4, rtol=0)
+
+
+def test_recognizer_reads_any_polarity_and_format(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", len(CLASSES), classes=CLASSES, **SMALL["cnn"]).eval()
+    recognizer = Recognizer.load(export_onnx(model, tmp_path / "cnn.onnx"), top_k=3)
+    ink_on_black = render("明")
+    paper = 255 - ink_on_black  # dark ink on white paper, as a scan or photo
+    Image.fromarray(paper).convert("RGB").save(tmp_path / "scan.png")
+
+    reference = to_convention(ink_on_black)
+    assert np.array_equal(to_convention(paper), reference)
+    assert np.array_equal(to_convention(np.stack([paper] * 3, axis=2)), reference)
+    assert np.array_equal(to_convention(tmp_path / "scan.png"), reference)
+
+    result = recognizer(tmp_path / "scan.png")
+    assert len(result) == 3
+    assert {c for c, _ in result} <= set(CLASSES)
+    probs = recognizer.probabilities(reference[None])[0]
+    assert result[0] == (CLASSES[int(probs.argmax())], pytest.approx(float(probs.max())))
+    assert result == recognizer(Image.fromarray(paper))
+
+
+def test_export_needs_the_class_list(tmp_path) -> None:
+    model = create_model("cnn", 4, **SMALL["cnn"])
+    with pytest.raises(ValueError, match="class characters"):
+        export_onnx(model, tmp_path / "m.onnx")
+
+
+def test_recognizer_rejects_a_foreign_onnx_file(tmp_path) -> None:
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(path), dynamo=True, verbose=False)
+    with pytest.raises(RecognizerError, match="not a kanjirec export"):
+        Recognizer.load(path)
