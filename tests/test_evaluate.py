@@ -1,16 +1,12 @@
 """Evaluation: metrics on models whose outputs we control, class mapping, robustness, comparison."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
+from helpers import CHARS, fixed_logits, save_run, table_with_ranks, tiny_cnn
 from kanjirec.augment import DISTORTIONS
-from kanjirec.checkpoint import CheckpointManager
-from kanjirec.data.store import DatasetWriter, PackedDataset
 from kanjirec.evaluate import (
     LoadedModel,
     compare,
@@ -19,91 +15,18 @@ from kanjirec.evaluate import (
     map_classes,
     robustness_suite,
 )
-from kanjirec.models import RecognitionModel, create_model, register_model
-
-CHARS = "あいうえお"
-WRITERS = [f"T/w{i}" for i in range(6)]
-SIZE = 16
 
 
-def encode_ids(ids: np.ndarray) -> np.ndarray:
-    """Blank images carrying their sample id in two pixels, so a stub model can look it up."""
-    images = np.zeros((len(ids), SIZE, SIZE), np.uint8)
-    images[:, 0, 0] = ids // 256
-    images[:, 0, 1] = ids % 256
-    images[:, 4:12, 8] = 255  # a stroke, so distortions have ink to work on
-    return images
-
-
-@register_model("fixed_logits_for_tests")
-class FixedLogits(RecognitionModel):
-    """Returns row ``id`` of a logit table for the image carrying sample id ``id``.
-
-    Registered like any model, so it is checkpointed and loaded through the real path.
-    """
-
-    def __init__(self, num_classes: int, *, rows: int = 1):
-        super().__init__(num_classes)
-        self.register_buffer("table", torch.zeros(rows, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()
-        return self.table[ids.clamp(max=len(self.table) - 1)]
-
-
-def fixed_logits(table: np.ndarray) -> FixedLogits:
-    model = create_model("fixed_logits_for_tests", table.shape[1], rows=len(table))
-    model.table.copy_(torch.as_tensor(table))
-    return model
-
-
-def save_run(run_dir, model: nn.Module, classes) -> Path:
-    """A run folder with a best.pt, as the trainer writes it."""
-    state = {
-        "model_name": model.name,
-        "model_config": model.config,
-        "classes": list(classes),
-        "config": {},
-        "model": model.state_dict(),
-    }
-    CheckpointManager(Path(run_dir) / "checkpoints").save(state, 1, is_best=True)
-    return Path(run_dir)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """5 characters x 6 writers x 2 samples; writer w0..w5 split by a seeded random split."""
-    chars = [c for _ in WRITERS for c in CHARS for _ in range(2)]
-    writers = [w for w in WRITERS for _ in CHARS for _ in range(2)]
-    w = DatasetWriter(tmp_path_factory.mktemp("eval") / "ds", image_size=SIZE)
-    w.add(encode_ids(np.arange(len(chars))), chars, writers, "T")
-    return PackedDataset.open(w.finish(split="random", fractions=(0.4, 0.2, 0.4), seed=0))
-
-
-def table_with_ranks(ds, model_classes, ranks: dict[int, int]) -> np.ndarray:
-    """Logits where sample i's true class sits at rank ranks[i] (0 = top); other samples: rank 0."""
-    n_cls = len(model_classes)
-    table = np.zeros((len(ds), n_cls), np.float32)
-    col = {c: k for k, c in enumerate(model_classes)}
-    for i in range(len(ds)):
-        true = col.get(ds.classes[ds.labels[i]])
-        others = [k for k in range(n_cls) if k != true]
-        order = others.copy()
-        if true is not None:
-            order.insert(ranks.get(i, 0), true)
-        table[i, order] = np.arange(n_cls, 0, -1)  # position 0 gets the largest logit
-    return table
-
-
-def test_topk_accuracy_equals_hand_computed_values(dataset, tmp_path):
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_topk_accuracy_equals_hand_computed_values(id_dataset, tmp_path):
     # The model knows 3 extra characters and orders its classes differently from the dataset.
     model_classes = list("かきく") + list(reversed(CHARS))
-    test = dataset.indices("test")
+    test = id_dataset.indices("test")
     ranks = {int(i): j % 8 for j, i in enumerate(test)}
     run = save_run(
-        tmp_path / "run", fixed_logits(table_with_ranks(dataset, model_classes, ranks)), model_classes
+        tmp_path / "run", fixed_logits(table_with_ranks(id_dataset, model_classes, ranks)), model_classes
     )
-    report = evaluate(run, dataset.path, split="test", out=tmp_path)
+    report = evaluate(run, id_dataset.path, split="test", out=tmp_path)
 
     n = len(test)
     assert report["samples"] == n and report["unknown"]["samples"] == 0
@@ -129,19 +52,20 @@ def test_expected_calibration_error_of_calibrated_and_overconfident_predictions(
     assert ece == pytest.approx(0.35)
 
 
-def test_confused_pairs_and_per_writer_accuracy(dataset, tmp_path):
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_confused_pairs_and_per_writer_accuracy(id_dataset, tmp_path):
     classes = list(CHARS)
-    test = dataset.indices("test")
-    labels = dataset.labels[test]
-    writer = np.array(dataset.writers)[dataset.writer_ids[test]]
+    test = id_dataset.indices("test")
+    labels = id_dataset.labels[test]
+    writer = np.array(id_dataset.writers)[id_dataset.writer_ids[test]]
     ranks = {}
     for i, lab, w in zip(test, labels, writer, strict=True):
         if classes[lab] == "あ":
             ranks[int(i)] = 1  # あ read as い: い is the top class after removing あ
         elif classes[lab] == "う" and w == "T/w0":
             ranks[int(i)] = 1  # う read as あ (the first other class) for one writer
-    model = fixed_logits(table_with_ranks(dataset, classes, ranks))
-    report = evaluate(LoadedModel("stub", model, classes), dataset.path, split="test", out=tmp_path)
+    model = fixed_logits(table_with_ranks(id_dataset, classes, ranks))
+    report = evaluate(LoadedModel("stub", model, classes), id_dataset.path, split="test", out=tmp_path)
 
     n_a = int((labels == 0).sum())
     n_u_w0 = int(((labels == 2) & (writer == "T/w0")).sum())
@@ -156,32 +80,28 @@ def test_confused_pairs_and_per_writer_accuracy(dataset, tmp_path):
         assert row["top1"] == pytest.approx(1 - wrong.mean())
 
 
-def test_unknown_characters_are_counted_and_reported(dataset):
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_unknown_characters_are_counted_and_reported(id_dataset):
     model_classes = list("あいうえ")  # the model never learned お
-    test = dataset.indices("test")
-    mapping = map_classes(dataset.classes, model_classes, dataset.labels[test])
-    n_o = int((dataset.labels[test] == CHARS.index("お")).sum())
+    test = id_dataset.indices("test")
+    mapping = map_classes(id_dataset.classes, model_classes, id_dataset.labels[test])
+    n_o = int((id_dataset.labels[test] == CHARS.index("お")).sum())
     assert mapping.unknown == {"お": n_o}
     assert (mapping.targets == -1).sum() == n_o
 
-    model = fixed_logits(table_with_ranks(dataset, model_classes, {}))
-    report = evaluate(LoadedModel("stub", model, model_classes), dataset.path, split="test")
+    model = fixed_logits(table_with_ranks(id_dataset, model_classes, {}))
+    report = evaluate(LoadedModel("stub", model, model_classes), id_dataset.path, split="test")
     assert report["unknown"] == {"samples": n_o, "characters": {"お": n_o}}
     assert report["known_samples"] == len(test) - n_o
     assert report["top1"] == 1.0  # scored over the known samples only, not diluted by お
 
 
-def tiny_cnn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return create_model("cnn", len(CHARS), channels=(4, 8), convs_per_block=1, head_hidden=16).eval()
-
-
-def test_robustness_suite_covers_every_distortion_and_severity_deterministically(dataset):
+def test_robustness_suite_covers_every_distortion_and_severity_deterministically(id_dataset):
     models = {"a": tiny_cnn(0), "b": tiny_cnn(1)}
-    idx = dataset.indices("test")
-    targets = {k: dataset.labels[idx].astype(np.int64) for k in models}
-    first = robustness_suite(models, dataset.images, idx, targets, samples=10, seed=3)
-    second = robustness_suite(models, dataset.images, idx, targets, samples=10, seed=3)
+    idx = id_dataset.indices("test")
+    targets = {k: id_dataset.labels[idx].astype(np.int64) for k in models}
+    first = robustness_suite(models, id_dataset.images, idx, targets, samples=10, seed=3)
+    second = robustness_suite(models, id_dataset.images, idx, targets, samples=10, seed=3)
     assert first == second
     for r in first.values():
         assert set(r["accuracy"]) == set(DISTORTIONS)
@@ -191,11 +111,11 @@ def test_robustness_suite_covers_every_distortion_and_severity_deterministically
         assert r["score"] == pytest.approx(np.mean(rel))
 
 
-def test_compare_writes_one_table_with_every_run(dataset, tmp_path):
+def test_compare_writes_one_table_with_every_run(id_dataset, tmp_path):
     root = tmp_path / "model_training"
     save_run(root / "cnn_a", tiny_cnn(0), CHARS)
     save_run(root / "cnn_b", tiny_cnn(1), CHARS)
-    result = compare(None, dataset.path, root=root, out=tmp_path, robustness_samples=8, latency_runs=3)
+    result = compare(None, id_dataset.path, root=root, out=tmp_path, robustness_samples=8, latency_runs=3)
     assert [r["name"] for r in result["rows"]] == ["cnn_a", "cnn_b"]
     for row in result["rows"]:
         assert row["model"] == "cnn"

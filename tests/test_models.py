@@ -11,6 +11,7 @@ from torch import nn
 from kanjirec.cli import main
 from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.data.sequences import contour_strokes, grid_cells, skeleton_strokes
+from kanjirec.errors import ModelConfigError
 from kanjirec.models import create_model, list_models
 from kanjirec.models.base import count_flops
 from kanjirec.models.stroke_rnn import LengthMaskedBiLSTM
@@ -60,7 +61,7 @@ def test_registry_lists_every_family() -> None:
 def test_unknown_model_and_unknown_config_key_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="available models: basic_rnn, cnn"):
         create_model("resnet", 10)
-    with pytest.raises(TypeError, match="hidden_sise"):
+    with pytest.raises(ModelConfigError, match="hidden_sise"):
         create_model("basic_rnn", 10, hidden_sise=3)
     with pytest.raises(ValueError, match="needs classes="):
         create_model("radical_rnn", 10)

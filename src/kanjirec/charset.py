@@ -12,6 +12,7 @@ the order a packed dataset stores its classes in).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -198,3 +199,13 @@ def get_charset(name_or_path: str | Path) -> list[str]:
             )
         chars = _read_chars(path)
     return sorted(set(chars), key=ord)
+
+
+def spread_subset(chars: Sequence[str], count: int) -> list[str]:
+    """``count`` characters spread evenly over ``chars``, so a subset of ETL9G mixes kana and kanji."""
+    if count <= 0:
+        raise CharsetError(f"a subset needs a positive size, got {count}")
+    if count >= len(chars):
+        return list(chars)
+    step = len(chars) / count
+    return [chars[int(i * step)] for i in range(count)]

@@ -104,10 +104,12 @@ def _add_data_synth(dsub: argparse._SubParsersAction) -> None:
     """`data synth` and `data charsets`."""
 
     def synth(a: argparse.Namespace) -> None:
+        from kanjirec.charset import get_charset, spread_subset
         from kanjirec.data.synth import synthesize
 
+        charset = spread_subset(get_charset(a.charset), a.classes) if a.classes else a.charset
         out = synthesize(
-            a.charset,
+            charset,
             a.per_class,
             a.out,
             seed=a.seed,
@@ -129,6 +131,7 @@ def _add_data_synth(dsub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("synth", help="render synthetic handwriting (KanjiVG strokes) and print fonts")
     p.add_argument("--charset", default="etl9g", help="a set name (see `data charsets`) or a file")
+    p.add_argument("--classes", type=int, help="only this many characters, spread evenly over the set")
     p.add_argument("--per-class", type=int, required=True, help="samples per character")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0, help="same seed, same dataset, any --workers")
@@ -389,6 +392,25 @@ def _add_bench_train(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- export
+
+
+def _export(a: argparse.Namespace) -> None:
+    from kanjirec.checkpoint import load_model
+    from kanjirec.export import export_onnx
+
+    model, info = load_model(a.run)
+    out = export_onnx(model, a.out, classes=info.classes)
+    print(f"wrote {out} ({info.model_name}, {len(info.classes):,} classes; ONNX Runtime matches PyTorch)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX (checked against PyTorch)")
+    p.add_argument("run", type=Path, help="a run directory or a checkpoint file")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.set_defaults(func=_export)
+
+
 # ---------------------------------------------------------------- the main job
 
 
@@ -419,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     _add_bench(sub)
     _add_demo(sub)
     return parser

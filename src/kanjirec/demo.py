@@ -14,14 +14,6 @@ from pathlib import Path
 from kanjirec.errors import KanjirecError
 
 
-def spread_subset(chars: list[str], count: int) -> list[str]:
-    """``count`` characters spread evenly over ``chars`` (so a subset of ETL9G mixes kana and kanji)."""
-    if count >= len(chars):
-        return list(chars)
-    step = len(chars) / count
-    return [chars[int(i * step)] for i in range(count)]
-
-
 def run_demo(
     out: str | Path = "runs/demo",
     classes: int = 100,
@@ -31,11 +23,16 @@ def run_demo(
     seed: int = 0,
     workers: int = 2,
 ) -> dict:
-    from kanjirec.charset import get_charset
+    from kanjirec.charset import get_charset, spread_subset
+    from kanjirec.checkpoint import load_model
     from kanjirec.config import TrainConfig
+    from kanjirec.data.store import PackedDataset
     from kanjirec.data.synth import synthesize
+    from kanjirec.ensemble import build_ensemble, ensemble_markdown
     from kanjirec.evaluate import compare, compare_markdown
+    from kanjirec.export import export_onnx
     from kanjirec.models import list_models
+    from kanjirec.recognizer import Recognizer
     from kanjirec.train import train
 
     out = Path(out)
@@ -74,5 +71,21 @@ def run_demo(
     print("[demo] comparing on the writer-disjoint test split")
     result = compare(runs, data, out=out / "compare", robustness_samples=300, latency_runs=20, memory=False)
     print(compare_markdown(result))
+
+    print("[demo] ensembling every model, weights fitted on the val split")
+    ensemble = build_ensemble(runs, data, out / "ensemble.json", latency_runs=20)
+    print(ensemble_markdown(ensemble))
+
+    best = max(result["rows"], key=lambda r: r["top1"])
+    onnx_path = out / f"{best['name']}.onnx"
+    model, info = load_model(best["path"])
+    export_onnx(model, onnx_path, classes=info.classes)
+    ds = PackedDataset.open(data)
+    i = int(ds.indices("test")[0])
+    top = Recognizer.load(onnx_path)(ds.images[i])
+    print(
+        f"[demo] exported the most accurate model to {onnx_path}; it reads test sample {i} "
+        f"({ds.classes[ds.labels[i]]}) as " + ", ".join(f"{c} {p:.2f}" for c, p in top[:3])
+    )
     print(f"[demo] done in {time.perf_counter() - started:.0f} s; tables and charts in {out / 'compare'}")
     return result

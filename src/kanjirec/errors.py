@@ -15,3 +15,7 @@ class EtlFormatError(KanjirecError):
 
 class CheckpointError(KanjirecError):
     """A checkpoint is unreadable or belongs to another model, class list or config."""
+
+
+class ModelConfigError(KanjirecError, ValueError):
+    """An unknown model name, or a config key the model's constructor does not take."""

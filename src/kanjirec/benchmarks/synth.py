@@ -5,17 +5,22 @@ inflates the figures less). Each stage is timed separately on the ETL9G class se
 sample per class per writer:
 
 1. stroke rendering (resampling, distortions, splatting, pen blur);
-2. font glyph distortion, with glyphs already in the cache (first-time Pillow drawing
+2. the finish: scan-like grain, noise and 16 grey levels, then the contrast stretch of
+   the image convention (`finish_images`); `normalize_images` on the same levels is
+   timed beside it for comparison, since `finish_images` gives the same images;
+3. font glyph distortion, with glyphs already in the cache (first-time Pillow drawing
    is timed on its own);
-3. the scan finish (grain, noise, 16 grey levels);
-4. `normalize_images`, the project's one image convention;
 
-then the end-to-end stroke path, as `data synth` runs it per chunk.
+then each path end to end as `data synth` runs it per chunk: `stroke_images` /
+`font_images` (rendering and finish fused per sub-batch) plus `DatasetWriter.add`
+into a scratch dataset (the store).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,14 +28,18 @@ from kanjirec.charset import get_charset
 from kanjirec.data.fonts import GlyphCache, default_fonts
 from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.data.preprocess import normalize_images
+from kanjirec.data.store import DatasetWriter
 from kanjirec.data.synth import (
     MAX_LEVEL,
     StrokeBank,
     _sample_styles,
     draw_writer_styles,
+    finish_images,
+    font_images,
     render_font_glyphs,
     render_strokes,
     scan_finish,
+    stroke_images,
 )
 
 
@@ -46,12 +55,20 @@ def bench_synth(charset: str = "etl9g", writers: int = 2, image_size: int = 64, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _bench(charset, writers, image_size, seed)
+        with tempfile.TemporaryDirectory(prefix="kanjirec-bench-synth-") as scratch:
+            return _bench(charset, writers, image_size, seed, Path(scratch))
     finally:
         torch.set_num_threads(threads)
 
 
-def _bench(charset: str, writers: int, size: int, seed: int) -> dict:
+def _store(images: np.ndarray, chars: list[str], out: Path, size: int) -> float:
+    """CPU seconds to add the images to a fresh packed dataset, as the parent of `data synth` does."""
+    writer = DatasetWriter(out, image_size=size)
+    writers = ["synth/w00000"] * len(images)
+    return _cpu(lambda: writer.add(images, "".join(chars), writers, "synth-strokes"))[1]
+
+
+def _bench(charset: str, writers: int, size: int, seed: int, scratch: Path) -> dict:
     kvg = load_kanjivg()
     chars = [c for c in get_charset(charset) if c in kvg]
     bank, t_bank = _cpu(lambda: StrokeBank.build([kvg[c] for c in chars]))
@@ -60,31 +77,38 @@ def _bench(charset: str, writers: int, size: int, seed: int) -> dict:
     writer_of_sample = np.repeat(np.arange(writers), len(chars))
     style = _sample_styles(draw_writer_styles(rng, writers), writer_of_sample)
     char_index = np.tile(np.arange(len(chars)), writers)
-    render_strokes(bank, char_index[:64], {k: v[:64] for k, v in style.items()}, rng, size)  # warm-up
+    sample_chars = [chars[i] for i in char_index]
+    warm = {k: v[:64] for k, v in style.items()}
+    stroke_images(bank, char_index[:64], warm, rng, size)
 
     (ink, _), t_strokes = _cpu(lambda: render_strokes(bank, char_index, style, rng, size))
     (_, strokes), t_with = _cpu(lambda: render_strokes(bank, char_index, style, rng, size, with_strokes=True))
-    raw, t_scan = _cpu(lambda: scan_finish(ink, style, rng))
+    _, t_finish = _cpu(lambda: finish_images(ink, style, rng))
+    raw = scan_finish(ink, style, rng)
     _, t_norm = _cpu(lambda: normalize_images(raw, max_level=MAX_LEVEL, size=size, margin=0))
+    (images, _), t_fused = _cpu(lambda: stroke_images(bank, char_index, style, rng, size))
+    t_store = _store(images, sample_chars, scratch / "strokes", size)
     results = {
         "samples": n,
         "bank_s": t_bank,
         "strokes_per_s": n / t_strokes,
         "strokes_with_sequences_per_s": n / t_with,
-        "scan_finish_per_s": n / t_scan,
+        "finish_per_s": n / t_finish,
         "normalize_per_s": n / t_norm,
-        "stroke_end_to_end_per_s": n / (t_strokes + t_scan + t_norm),
+        "store_per_s": n / t_store,
+        "stroke_end_to_end_per_s": n / (t_fused + t_store),
     }
     print(
         f"kanjirec bench synth: {charset}, {len(chars)} classes x {writers} writers = {n} samples, "
         f"{size}x{size}"
     )
     print("per core (1 process, 1 torch thread, CPU time):")
-    print(f"  stroke rendering            {results['strokes_per_s']:9,.0f} samples/s")
-    print(f"  ... storing stroke sequences {results['strokes_with_sequences_per_s']:8,.0f} samples/s")
-    print(f"  scan finish                 {results['scan_finish_per_s']:9,.0f} samples/s")
-    print(f"  normalize_images            {results['normalize_per_s']:9,.0f} samples/s")
-    print(f"  strokes end to end          {results['stroke_end_to_end_per_s']:9,.0f} samples/s")
+    print(f"  stroke rendering             {results['strokes_per_s']:9,.0f} samples/s")
+    print(f"  ... storing stroke sequences {results['strokes_with_sequences_per_s']:9,.0f} samples/s")
+    print(f"  scan finish + contrast       {results['finish_per_s']:9,.0f} samples/s (finish_images)")
+    print(f"  (normalize_images instead    {results['normalize_per_s']:9,.0f} samples/s, same images)")
+    print(f"  store (DatasetWriter.add)    {results['store_per_s']:9,.0f} samples/s")
+    print(f"  strokes end to end           {results['stroke_end_to_end_per_s']:9,.0f} samples/s")
 
     faces = default_fonts()
     if not faces:
@@ -95,15 +119,16 @@ def _bench(charset: str, writers: int, size: int, seed: int) -> dict:
     covered = [c for c, ok in zip(chars, face.covers(chars), strict=True) if ok]
     glyphs, t_draw = _cpu(lambda: cache.get(covered))
     fstyle = _sample_styles(draw_writer_styles(rng, 1), np.zeros(len(covered), np.int64))
-    fink, t_font = _cpu(lambda: render_font_glyphs(glyphs, fstyle, rng, size))
-    fraw, t_fscan = _cpu(lambda: scan_finish(fink, fstyle, rng))
-    _, t_fnorm = _cpu(lambda: normalize_images(fraw, max_level=MAX_LEVEL, size=size, margin=0))
+    _, t_font = _cpu(lambda: render_font_glyphs(glyphs, fstyle, rng, size))
+    del glyphs
+    fimages, t_fused = _cpu(lambda: font_images(cache, covered, fstyle, rng, size))
+    t_fstore = _store(fimages, covered, scratch / "fonts", size)
     results.update(
         font_glyph_draw_per_s=len(covered) / t_draw,
         font_distort_per_s=len(covered) / t_font,
-        font_end_to_end_per_s=len(covered) / (t_font + t_fscan + t_fnorm),
+        font_end_to_end_per_s=len(covered) / (t_fused + t_fstore),
     )
-    print(f"  font glyphs, first drawing  {results['font_glyph_draw_per_s']:9,.0f} glyphs/s ({face.name})")
-    print(f"  font distortion (cached)    {results['font_distort_per_s']:9,.0f} samples/s")
-    print(f"  fonts end to end (cached)   {results['font_end_to_end_per_s']:9,.0f} samples/s")
+    print(f"  font glyphs, first drawing   {results['font_glyph_draw_per_s']:9,.0f} glyphs/s ({face.name})")
+    print(f"  font distortion (cached)     {results['font_distort_per_s']:9,.0f} samples/s")
+    print(f"  fonts end to end (cached)    {results['font_end_to_end_per_s']:9,.0f} samples/s")
     return results

@@ -186,7 +186,10 @@ class GlyphCache:
         self.face = face
         self.res = res
         self.smooth = smooth
-        self._font = ImageFont.truetype(str(face.path), size=res, index=face.index)
+        # One character at a time needs no shaping: the basic layout skips libraqm's per-call setup.
+        self._font = ImageFont.truetype(
+            str(face.path), size=res, index=face.index, layout_engine=ImageFont.Layout.BASIC
+        )
         self._baseline = res / 2 + _em_centre(face.path, face.index) * res
         self._glyphs: dict[str, np.ndarray] = {}
 
@@ -198,9 +201,13 @@ class GlyphCache:
             if not covered.all():
                 missing = "".join(c for c, ok in zip(todo, covered, strict=True) if not ok)
                 raise FontError(f"{self.face.path} ({self.face.name}) has no glyph for {missing!r}")
-            for c in todo:
-                self._glyphs[c] = self._draw(c)
+            drawn = self._finish(np.stack([self._draw(c) for c in todo]))
+            self._glyphs.update(zip(todo, drawn, strict=True))
         return np.stack([self._glyphs[c] for c in chars])
+
+    def clear(self) -> None:
+        """Drop the drawn glyphs (the font stays open)."""
+        self._glyphs.clear()
 
     def _draw(self, char: str) -> np.ndarray:
         from PIL import Image, ImageDraw
@@ -208,9 +215,20 @@ class GlyphCache:
         img = Image.new("L", (self.res, self.res), 0)
         # Horizontally centred on the advance, vertically on the ideographic em box.
         ImageDraw.Draw(img).text((self.res / 2, self._baseline), char, fill=255, font=self._font, anchor="ms")
-        glyph = np.asarray(img, dtype=np.float32) / 255.0
-        if self.smooth:
-            g = np.pad(glyph, 1)
-            glyph = (g[:-2] + 2 * g[1:-1] + g[2:]) / 4
-            glyph = (glyph[:, :-2] + 2 * glyph[:, 1:-1] + glyph[:, 2:]) / 4
-        return glyph
+        return np.asarray(img)
+
+    def _finish(self, drawn: np.ndarray) -> np.ndarray:
+        """uint8 glyphs (n, res, res) -> float32 ink, smoothed if asked, all glyphs in one pass."""
+        glyphs = drawn.astype(np.float32)
+        glyphs *= np.float32(1 / 255)
+        if not self.smooth:
+            return glyphs
+        for axis in (1, 2):  # [1, 2, 1] / 4 along rows, then columns; zero beyond the canvas
+            out = glyphs * np.float32(0.5)
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            out[tuple(hi)] += glyphs[tuple(lo)] * np.float32(0.25)
+            out[tuple(lo)] += glyphs[tuple(hi)] * np.float32(0.25)
+            glyphs = out
+        return glyphs

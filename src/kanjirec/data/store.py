@@ -187,11 +187,17 @@ def make_split(
     if kind == "writer":
         n_writers = int(writer_ids.max()) + 1
         if n_writers < 3 and min(fractions) > 0:
-            raise ValueError(f"a writer-disjoint split needs at least 3 writers, the data has {n_writers}")
+            raise DatasetFormatError(
+                f"a writer-disjoint split needs at least 3 writers, the data has {n_writers}; "
+                f"use a random split (--split random) or add writers"
+            )
         # Whole writers per split; a split asked for gets at least one writer.
         n_val, n_test = (max(1, round(f * n_writers)) if f > 0 else 0 for f in fractions[1:])
         if n_val + n_test >= n_writers:
-            raise ValueError(f"{n_writers} writers are too few for split fractions {tuple(fractions)}")
+            raise DatasetFormatError(
+                f"{n_writers} writers are too few for split fractions {tuple(fractions)}; "
+                f"use a random split (--split random) or add writers"
+            )
         writer_split = np.zeros(n_writers, np.uint8)
         order = rng.permutation(n_writers)
         writer_split[order[:n_val]] = 1

@@ -6,7 +6,7 @@ same licence.
 
 The stroke renderer works on a whole batch at once, on flat arrays of points:
 
-1. every stroke of every sample is resampled densely by arc length, with its
+1. every stroke of every sample is resampled densely along its arc, with its
    ends trimmed or extended (changes in stroke length);
 2. each stroke is bent (curvature change), given a smooth low-frequency wobble,
    and moved by a small affine jitter about its own centre;
@@ -19,7 +19,11 @@ The stroke renderer works on a whole batch at once, on flat arrays of points:
    Gaussian (two matrix products) and turned into ink through a saturating
    curve, so that pressure sets both darkness and width;
 6. scan-like finish: ink grain, background level and noise, specks, and 16 grey
-   levels as in ETL9G (ink not saturated), then `normalize_images`.
+   levels as in ETL9G (ink not saturated), then the contrast stretch of the
+   project's image convention (see `finish_images`).
+
+Stages 1-6 run a sub-batch of samples at a time (`stroke_images`), so the float
+working arrays stay in cache and only uint8 images leave the renderer.
 
 A "writer" is a persistent random style (size, slant, pen width, ink, messiness,
 cursiveness ...) that writes every class once, so writer-disjoint splits mean
@@ -43,13 +47,22 @@ from kanjirec.data.kanjivg import KANJIVG_BOX, KanjiEntry
 from kanjirec.errors import KanjirecError
 
 MAX_LEVEL = 15  # ETL9G's 16 grey levels
-_SUB_BATCH = 256
+_LEVELS = MAX_LEVEL + 1
+# Samples rendered together: enough to amortise numpy's per-call overhead on the point arrays, few
+# enough that the (n, 70, 70) float32 pixel arrays (~2.5 MB) stay in cache.
+_SUB_BATCH = 128
 _FONT_GRID = 9  # lattice points per side on which a font sample's inverse distortion is evaluated
 _PAD = 3  # canvas border (pixels) so that blur near the edge sees the ink just outside
 _DENSE_SPACING = 1.0  # output pixels between resampled stroke points (the blur hides the spacing)
 _STORE_EVERY = 2  # stored stroke points keep every 2nd dense point (~2 px apart) and the last one
+_ELASTIC_MODES = 3  # plane waves summed into a sample's smooth elastic displacement
 # KanjiVG stroke types that end in a sweep or a hook: the pen lifts while moving, so ink fades.
 _SWEEP_MARKS = set("㇒㇏㇀㇁㇂㇃㇄㇅㇆㇇㇈㇉㇊㇋㇌㇍㇎㇚㇙㇟㇖㇗㇘㇛㇜㇝㇞㇡㇢")
+# Scan noise is the sum of 3 uniform random bytes (Irwin-Hall: within 1% of a Gaussian's quantiles up
+# to 2.5 sigma): a few times cheaper than float normals, and rounded to 16 grey levels anyway.
+_NOISE_BYTES = 3
+_NOISE_MEAN = _NOISE_BYTES * 255 / 2
+_NOISE_STD = float(np.sqrt(_NOISE_BYTES * (256**2 - 1) / 12))
 
 
 class SynthError(KanjirecError):
@@ -86,18 +99,24 @@ def draw_writer_styles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray
         "aspect": np.exp(rng.normal(0, 0.07, n)),
         "slant": rng.normal(0, 0.1, n),
         "rotation": rng.normal(0, 0.04, n),
-        "pen": np.exp(u(np.log(0.55), np.log(1.5), n)),
+        "pen": np.exp(u(np.log(0.5), np.log(1.1), n)),
         "ink": u(0.5, 1.0, n),
         "mess": u(0.3, 1.3, n),
         "cursive": u(0.0, 0.3, n) * (u(0, 1, n) < 0.5),
         "gap": u(0.0, 0.05, n),
         "length": rng.normal(0, 0.04, n),
         "elastic": u(0.3, 1.4, n),
-        "gain": u(1.8, 4.0, n),
+        "gain": u(1.5, 3.0, n),
         "grain": u(0.0, 0.35, n),
         "noise": u(0.15, 0.6, n),
         "background": u(0.0, 1.3, n),
     }
+
+
+def _sample_styles(
+    writer_styles: dict[str, np.ndarray], writer_of_sample: np.ndarray
+) -> dict[str, np.ndarray]:
+    return {k: v[writer_of_sample] for k, v in writer_styles.items()}
 
 
 # ---------------------------------------------------------------- stroke bank
@@ -105,47 +124,40 @@ def draw_writer_styles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray
 
 @dataclass(frozen=True)
 class StrokeBank:
-    """The strokes of a list of characters as flat arrays, for gathering whole batches without loops."""
+    """The strokes of a list of characters as flat arrays, for gathering whole batches without loops.
+
+    KanjiVG polylines are resampled evenly by arc length (`kanjivg.POINT_SPACING`), so a point's
+    index along its stroke is an arc-length parameter: walking along a stroke needs no search.
+    """
 
     chars: tuple[str, ...]
-    points: np.ndarray  # (P, 2) float64, KanjiVG units
-    arc: np.ndarray  # (P,) arc length from the stroke's start
+    point_step: np.ndarray  # (P, 4) float32: x, y of each point (KanjiVG units) and the step to the next
     stroke_first: np.ndarray  # (K,) index of the stroke's first point
     stroke_npoints: np.ndarray  # (K,)
-    stroke_length: np.ndarray  # (K,)
+    stroke_length: np.ndarray  # (K,) KanjiVG units
     stroke_sweep: np.ndarray  # (K,) bool
     char_first: np.ndarray  # (C,) index of the character's first stroke
     char_nstrokes: np.ndarray  # (C,)
-    # Arc lengths offset per stroke so that one sorted array finds the segment of any (stroke, arc).
-    stroke_offset: np.ndarray  # (K,)
-    global_arc: np.ndarray  # (P,)
 
     @classmethod
     def build(cls, entries: Sequence[KanjiEntry]) -> StrokeBank:
         strokes = [s for e in entries for s in e.strokes]
         npoints = np.array([len(s.points) for s in strokes], dtype=np.int64)
-        points = np.concatenate([s.points for s in strokes]).astype(np.float64)
-        first = np.concatenate([[0], np.cumsum(npoints)[:-1]])
-        step = np.linalg.norm(np.diff(points, axis=0), axis=1)
-        step = np.concatenate([[0.0], step])
-        step[first] = 0.0  # no arc across stroke boundaries
-        cum = np.cumsum(step)
-        arc = cum - np.repeat(cum[first], npoints)
+        points = np.concatenate([s.points for s in strokes]).astype(np.float32)
+        first = np.cumsum(npoints) - npoints
+        step = np.zeros_like(points)
+        step[:-1] = points[1:] - points[:-1]
+        step[first + npoints - 1] = 0.0  # no step across stroke boundaries
         nstrokes = np.array([len(e.strokes) for e in entries], dtype=np.int64)
-        length = arc[first + npoints - 1]
-        offset = np.cumsum(length + 1.0) - (length + 1.0)
         return cls(
             chars=tuple(e.char for e in entries),
-            points=points,
-            arc=arc,
+            point_step=np.concatenate([points, step], axis=1),
             stroke_first=first,
             stroke_npoints=npoints,
-            stroke_length=length,
+            stroke_length=np.add.reduceat(np.linalg.norm(step, axis=1).astype(np.float64), first),
             stroke_sweep=np.array([any(ch in _SWEEP_MARKS for ch in s.type) for s in strokes]),
-            char_first=np.concatenate([[0], np.cumsum(nstrokes)[:-1]]),
+            char_first=np.cumsum(nstrokes) - nstrokes,
             char_nstrokes=nstrokes,
-            stroke_offset=offset,
-            global_arc=arc + np.repeat(offset, npoints),
         )
 
 
@@ -154,12 +166,6 @@ def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     owner = np.repeat(np.arange(len(counts)), counts)
     starts = np.cumsum(counts) - counts
     return owner, np.arange(int(counts.sum())) - starts[owner]
-
-
-def _affine_about(points: np.ndarray, centre: np.ndarray, mats: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """points (n, 2), per-point centre (n, 2), 2x2 matrices (n, 2, 2), shift (n, 2)."""
-    d = points - centre
-    return np.einsum("nij,nj->ni", mats, d) + centre + shift
 
 
 def _rotation_shear_scale(rot: np.ndarray, shear: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
@@ -171,6 +177,45 @@ def _rotation_shear_scale(rot: np.ndarray, shear: np.ndarray, sx: np.ndarray, sy
     m[:, 1, 0] = s * sx
     m[:, 1, 1] = (s * shear + c) * sy
     return m
+
+
+def _global_affine(
+    style: dict[str, np.ndarray], rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the 2x2 map from KanjiVG units (about the box centre) to pixels, and the shift."""
+    n = len(style["size"])
+    scale = size * style["size"] / KANJIVG_BOX * np.exp(rng.normal(0, 0.04, n))
+    aspect = style["aspect"] * np.exp(rng.normal(0, 0.03, n))
+    glob = _rotation_shear_scale(
+        style["rotation"] + rng.normal(0, 0.03, n),
+        style["slant"] + rng.normal(0, 0.04, n),
+        scale * np.sqrt(aspect),
+        scale / np.sqrt(aspect),
+    )
+    shift = size / 2 + rng.normal(0, 1.2 * size / 64.0, (n, 2))
+    return glob, shift
+
+
+def _elastic_waves(
+    style: dict[str, np.ndarray], rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth random displacement (pixels) per sample as a few low Fourier modes: the displacement at
+    p is sum_j amp[j] * sin(freq[j] . p + phase[j]); freq, amp (modes, n, 2), phase (modes, n)."""
+    n = len(style["elastic"])
+    modes = _ELASTIC_MODES
+    freq = rng.normal(0, 1.6, (modes, n, 2)) * (2 * np.pi / size)  # ~1.6 cycles per side
+    phase = rng.uniform(0, 2 * np.pi, (modes, n))
+    amp = rng.normal(0, 1.0, (modes, n, 2)) * (style["elastic"] * size / 64.0)[None, :, None] / np.sqrt(modes)
+    return freq, phase, amp
+
+
+def _elastic_at(p: np.ndarray, freq: np.ndarray, phase: np.ndarray, amp: np.ndarray) -> np.ndarray:
+    """The displacement of `_elastic_waves` at points p (m, 2), one sample's waves per point (m rows)."""
+    out = np.zeros(p.shape)
+    for j in range(len(freq)):
+        wave = np.sin(freq[j, :, 0] * p[:, 0] + freq[j, :, 1] * p[:, 1] + phase[j])
+        out += amp[j] * wave[:, None]
+    return out
 
 
 # ---------------------------------------------------------------- stroke rendering
@@ -188,16 +233,46 @@ def render_strokes(
 
     ``style`` holds one value per sample (a writer's style repeated over its samples).
     Returns the images and, if asked, each sample's strokes in pixel coordinates.
+    These are stages 1-5; `stroke_images` adds the scan finish, as datasets store them.
     """
-    images = np.empty((len(char_index), size, size), np.float32)
+    return _stroke_batches(bank, char_index, style, rng, size, with_strokes, finish=False)
+
+
+def stroke_images(
+    bank: StrokeBank,
+    char_index: np.ndarray,
+    style: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    size: int = 64,
+    with_strokes: bool = False,
+) -> tuple[np.ndarray, list[list[np.ndarray]] | None]:
+    """Finished images (n, size, size) uint8 in the project's convention (ink 255 on 0): the ink of
+    `render_strokes` through `finish_images`, a sub-batch at a time. Returns strokes as `render_strokes`."""
+    return _stroke_batches(bank, char_index, style, rng, size, with_strokes, finish=True)
+
+
+def _stroke_batches(
+    bank: StrokeBank,
+    char_index: np.ndarray,
+    style: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    size: int,
+    with_strokes: bool,
+    finish: bool,
+) -> tuple[np.ndarray, list[list[np.ndarray]] | None]:
+    images = np.empty((len(char_index), size, size), np.uint8 if finish else np.float32)
     strokes: list[list[np.ndarray]] | None = [] if with_strokes else None
-    # Sub-batches keep the working arrays in cache; the rng is consumed in order, so results do not
-    # depend on anything but the inputs.
+    # The rng is consumed in order, sub-batch by sub-batch, so results depend on nothing but the inputs.
     for b0 in range(0, len(char_index), _SUB_BATCH):
         part = slice(b0, b0 + _SUB_BATCH)
-        images[part], sub_strokes = _render_stroke_batch(
-            bank, char_index[part], {k: v[part] for k, v in style.items()}, rng, size, with_strokes
+        sub_style = {k: v[part] for k, v in style.items()}
+        ink, ink_scale, sub_strokes = _render_stroke_batch(
+            bank, char_index[part], sub_style, rng, size, with_strokes
         )
+        if finish:
+            images[part] = _finish_batch(ink, sub_style, rng, ink_scale)
+        else:
+            images[part] = ink * ink_scale.astype(np.float32)[:, None, None]
         if strokes is not None:
             strokes.extend(sub_strokes)
     return images, strokes
@@ -210,9 +285,13 @@ def _render_stroke_batch(
     rng: np.random.Generator,
     size: int,
     with_strokes: bool,
-) -> tuple[np.ndarray, list[list[np.ndarray]] | None]:
+) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]] | None]:
+    """Stages 1-5 for one sub-batch: unscaled ink (n, size, size) float32, the per-sample factor that
+    scales it to [0, 1], and the strokes if asked. Everything random is drawn per stroke or per sample (small arrays,
+    float64); the per-point work is float32 arithmetic on rows of one table repeated out to the points."""
     n = len(char_index)
     px = size / 64.0  # style lengths are given in pixels at 64x64
+    f32 = np.float32
 
     # -- the batch's strokes
     stroke_sample, stroke_pos = _ragged_arange(bank.char_nstrokes[char_index])
@@ -220,43 +299,28 @@ def _render_stroke_batch(
     k = len(stroke)
     mess = style["mess"][stroke_sample]
     length = bank.stroke_length[stroke]
-    units_to_px = size * style["size"] / KANJIVG_BOX  # per sample
+    npoints = bank.stroke_npoints[stroke]
+    first = bank.stroke_first[stroke]
+    units_to_px = (size * style["size"] / KANJIVG_BOX)[stroke_sample]
 
-    # -- 1. dense resampling with trimmed / extended ends (negative arc extrapolates along the tangent)
+    # -- 1. trimmed / extended ends, as fractions of the stroke (outside [0, 1] extrapolates along the
+    # end tangent)
     change = style["length"][stroke_sample] + rng.normal(0, 0.04, k) * mess
     start_trim = rng.uniform(-0.5, 0.5, k) * change - 0.5 * change
     end_ext = 1.0 + change + start_trim
-    span = length * (end_ext - start_trim)
-    ndense = np.maximum(
-        2, np.ceil(span * units_to_px[stroke_sample] / (_DENSE_SPACING * px)).astype(np.int64) + 1
-    )
-    pt_stroke, pt_pos = _ragged_arange(ndense)
-    t = pt_pos / (ndense[pt_stroke] - 1)  # 0..1 along the drawn stroke
-    s = length[pt_stroke] * (start_trim[pt_stroke] + t * (end_ext - start_trim)[pt_stroke])
-    first = bank.stroke_first[stroke][pt_stroke]
-    last_seg = first + bank.stroke_npoints[stroke][pt_stroke] - 2
-    seg = np.searchsorted(bank.global_arc, s + bank.stroke_offset[stroke][pt_stroke], side="right") - 1
-    seg = np.clip(seg, first, last_seg)
-    seg_len = np.maximum(bank.arc[seg + 1] - bank.arc[seg], 1e-6)
-    frac = (s - bank.arc[seg]) / seg_len
-    p = bank.points[seg] + frac[:, None] * (bank.points[seg + 1] - bank.points[seg])
+    span_px = length * (end_ext - start_trim) * units_to_px
+    ndense = np.maximum(2, np.ceil(span_px / (_DENSE_SPACING * px)).astype(np.int64) + 1)
 
     # -- 2. stroke-level perturbations, in KanjiVG units: a bend along the chord's normal plus a smooth
     # wobble (random-phase sinusoids of one and two half-periods, written as sin/cos pairs)
-    ends = bank.points[bank.stroke_first[stroke] + bank.stroke_npoints[stroke] - 1]
-    starts = bank.points[bank.stroke_first[stroke]]
+    starts = bank.point_step[first, :2].astype(np.float64)
+    ends = bank.point_step[first + npoints - 1, :2].astype(np.float64)
     chord = ends - starts
     normal = np.stack([-chord[:, 1], chord[:, 0]], axis=1)
     normal /= np.maximum(np.linalg.norm(chord, axis=1), 1e-6)[:, None]
     bend = rng.normal(0, 0.035, k) * mess * length
-    tc = np.clip(t, 0, 1).astype(np.float32)
-    basis = np.stack([np.sin(np.pi * tc), np.cos(np.pi * tc), np.sin(2 * np.pi * tc), np.cos(2 * np.pi * tc)])
-    coef = rng.normal(0, 0.5, (k, 2, 4)) * mess[:, None, None]
-    coef[:, :, 0] += bend[:, None] * normal
-    coef = coef.astype(np.float32)
-    p = p.astype(np.float32)
-    for j in range(4):
-        p += coef[:, :, j][pt_stroke] * basis[j][:, None]
+    wobble = rng.normal(0, 0.5, (k, 2, 4)) * mess[:, None, None]
+    wobble[:, :, 0] += bend[:, None] * normal
     jitter = _rotation_shear_scale(
         rng.normal(0, 0.05, k) * mess,
         np.zeros(k),
@@ -266,156 +330,234 @@ def _render_stroke_batch(
     centre = (starts + ends) / 2
     move = rng.normal(0, 1.0, (k, 2)) * mess[:, None]
 
-    # -- 3. per-stroke jitter and the global affine into pixels, composed per stroke, then elastic
-    sample = stroke_sample[pt_stroke]
-    scale = units_to_px * np.exp(rng.normal(0, 0.04, n))
-    aspect = style["aspect"] * np.exp(rng.normal(0, 0.03, n))
-    glob = _rotation_shear_scale(
-        style["rotation"] + rng.normal(0, 0.03, n),
-        style["slant"] + rng.normal(0, 0.04, n),
-        scale * np.sqrt(aspect),
-        scale / np.sqrt(aspect),
-    )
-    shift = size / 2 + rng.normal(0, 1.2 * px, (n, 2))
-    # pixel = G (J (u - c) + c + m - 54.5) + shift = (G J) u + [G (c + m - 54.5 - J c) + shift]
+    # -- 3. per-stroke jitter and the global affine into canvas pixels, composed per stroke:
+    # G (J (u - c) + c + m - 54.5) + shift = (G J) u + [G (c + m - 54.5 - J c) + shift]
+    glob, shift = _global_affine(style, rng, size)
     gs = glob[stroke_sample]
-    mat = np.einsum("kij,kjl->kil", gs, jitter)
-    off = np.einsum(
-        "kij,kj->ki", gs, centre + move - KANJIVG_BOX / 2 - np.einsum("kij,kj->ki", jitter, centre)
-    )
-    off += shift[stroke_sample]
-    mat, off = mat.astype(np.float32), off.astype(np.float32)
-    m = mat[pt_stroke]
-    o = off[pt_stroke]
-    x = m[:, 0, 0] * p[:, 0] + m[:, 0, 1] * p[:, 1] + o[:, 0]
-    y = m[:, 1, 0] * p[:, 0] + m[:, 1, 1] * p[:, 1] + o[:, 1]
-    p = np.stack([x, y], axis=1)
-    p += _elastic(p, sample, style["elastic"] * px, rng, n, size)
+    mat = gs @ jitter
+    off = (gs @ (centre + move - KANJIVG_BOX / 2 - (jitter @ centre[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
+    # Canvas coordinates put pixel centres on integers, with the border: a constant shift, which the
+    # elastic waves' uniform random phases do not notice.
+    off += shift[stroke_sample] + (_PAD - 0.5)
+    freq, phase, amp = _elastic_waves(style, rng, size)
 
-    # -- 4. pressure along the strokes; it sets both darkness and width (through the saturating ink curve)
-    stroke_len_px = (span * units_to_px[stroke_sample]).astype(np.float32)
-    dist_from_start = tc * stroke_len_px[pt_stroke]
-    pressure = np.minimum(1.0, 0.4 + dist_from_start / np.float32(2.0 * px))
+    # -- 4. pressure: a ramp over the first 2 px, a taper at the end (strong on sweeps), a weight and a
+    # slow swell per stroke, the odd pen lift
     taper = np.where(bank.stroke_sweep[stroke], rng.uniform(0.5, 0.95, k), rng.uniform(0.0, 0.35, k))
-    pressure *= 1.0 - taper.astype(np.float32)[pt_stroke] * np.clip((tc - 0.65) / 0.35, 0, 1) ** 2
-    # Per stroke: its own weight, and a slow swell along it.
-    swell = rng.normal(0, 0.1, (k, 2)).astype(np.float32)
-    pressure *= np.exp(rng.normal(0, 0.12, k)).astype(np.float32)[pt_stroke]
-    pressure *= 1.0 + swell[:, 0][pt_stroke] * basis[0] + swell[:, 1][pt_stroke] * basis[3]
+    swell = rng.normal(0, 0.1, (k, 2))
+    # Each point stands for the dense spacing of ink, so lines get the same density at any point count.
+    weight = np.exp(rng.normal(0, 0.12, k)) * (_DENSE_SPACING * px)
     has_gap = rng.uniform(0, 1, k) < style["gap"][stroke_sample]
-    gap_start = rng.uniform(0.2, 0.7, k)
+    gap_start = np.where(has_gap, rng.uniform(0.2, 0.7, k), 2.0)
     gap_end = gap_start + rng.uniform(0.04, 0.12, k)
-    in_gap = has_gap[pt_stroke] & (t > gap_start[pt_stroke]) & (t < gap_end[pt_stroke])
-    pressure[in_gap] = 0.0
+
+    # -- per point: one float32 table of per-stroke values repeated out to the points
+    start_pt = np.cumsum(ndense) - ndense
+    m = int(ndense.sum())
+    s = stroke_sample
+    table = np.stack(
+        [
+            start_pt,
+            1.0 / (ndense - 1),
+            (npoints - 1) * start_trim,  # the drawn stroke as a range of the bank polyline's point index
+            (npoints - 1) * (end_ext - start_trim),
+            npoints - 2,
+            *wobble.reshape(k, 8).T,
+            mat[:, 0, 0],
+            mat[:, 0, 1],
+            mat[:, 1, 0],
+            mat[:, 1, 1],
+            off[:, 0],
+            off[:, 1],
+            *freq[:, s, 0],
+            *freq[:, s, 1],
+            *phase[:, s],
+            *amp[:, s, 0],
+            *amp[:, s, 1],
+            span_px / (2.0 * px),
+            taper,
+            weight,
+            weight * swell[:, 0],
+            weight * swell[:, 1],
+            gap_start,
+            gap_end,
+        ]
+    ).astype(f32)
+    rows = iter(np.repeat(table, ndense, axis=1))
+    r_start, r_inv, r_u0, r_du, r_last = (next(rows) for _ in range(5))
+    r_wobble = [next(rows) for _ in range(8)]
+    m00, m01, m10, m11, o0, o1 = (next(rows) for _ in range(6))
+    modes = _ELASTIC_MODES
+    r_fx, r_fy, r_phase, r_ax, r_ay = ([next(rows) for _ in range(modes)] for _ in range(5))
+    r_ramp, r_taper, r_weight, r_swell0, r_swell1, r_gap0, r_gap1 = rows
+    i_first, i_base = np.repeat(np.stack([first, stroke_sample]), ndense, axis=1)
+    tmp = np.empty(m, f32)
+
+    # 1. dense resampling: t runs 0..1 along the drawn stroke, u over the bank polyline's point index
+    t = np.arange(m, dtype=f32)
+    t -= r_start
+    t *= r_inv
+    u = r_du * t
+    u += r_u0
+    seg = np.floor(u)
+    np.maximum(seg, 0, out=seg)
+    np.minimum(seg, r_last, out=seg)
+    u -= seg  # the fraction along the segment (extrapolating beyond the ends)
+    ps = bank.point_step[seg.astype(np.int64) + i_first]
+    x = ps[:, 2] * u
+    x += ps[:, 0]
+    y = ps[:, 3] * u
+    y += ps[:, 1]
+
+    # 2. wobble; sin / cos of 2 pi t from those of pi t
+    sin1 = t * f32(np.pi)
+    cos1 = np.cos(sin1)
+    np.sin(sin1, out=sin1)
+    sin2 = sin1 * cos1
+    sin2 *= 2
+    cos2 = sin1 * sin1
+    cos2 *= -2
+    cos2 += 1
+    for j, basis in enumerate((sin1, cos1, sin2, cos2)):
+        x += np.multiply(r_wobble[j], basis, out=tmp)
+        y += np.multiply(r_wobble[4 + j], basis, out=tmp)
+
+    # 3. affine into canvas pixels, then the elastic displacement evaluated there
+    px_x = m00 * x
+    px_x += np.multiply(m01, y, out=tmp)
+    px_x += o0
+    px_y = m10 * x
+    px_y += np.multiply(m11, y, out=tmp)
+    px_y += o1
+    x, y = px_x, px_y
+    dx, dy = np.zeros(m, f32), np.zeros(m, f32)
+    for j in range(modes):
+        wave = r_fx[j] * x
+        wave += np.multiply(r_fy[j], y, out=tmp)
+        wave += r_phase[j]
+        np.sin(wave, out=wave)
+        dx += np.multiply(r_ax[j], wave, out=tmp)
+        dy += np.multiply(r_ay[j], wave, out=tmp)
+    x += dx
+    y += dy
+
+    # 4. pressure
+    pressure = r_ramp * t
+    pressure += 0.4
+    np.minimum(pressure, 1.0, out=pressure)
+    fade = t * f32(1 / 0.35)
+    fade -= f32(0.65 / 0.35)
+    np.clip(fade, 0, 1, out=fade)
+    fade *= fade
+    fade *= r_taper
+    np.subtract(1, fade, out=fade)
+    pressure *= fade
+    factor = np.multiply(r_swell0, sin1, out=fade)
+    factor += np.multiply(r_swell1, cos2, out=tmp)
+    factor += r_weight
+    pressure *= factor
+    pressure[(t > r_gap0) & (t < r_gap1)] = 0.0
 
     # -- joins: a light hairline from the end of a stroke to the start of the next one of the same sample
-    last_pt = np.cumsum(ndense) - 1
-    first_pt = last_pt - ndense + 1
-    same_sample = stroke_sample[1:] == stroke_sample[:-1]
-    a, b = p[last_pt[:-1]], p[first_pt[1:]]
-    gap_px = np.linalg.norm(b - a, axis=1)
-    join = same_sample & (rng.uniform(0, 1, k - 1) < style["cursive"][stroke_sample[:-1]])
+    last_pt = start_pt + ndense - 1
+    ax, ay, bx, by = x[last_pt[:-1]], y[last_pt[:-1]], x[start_pt[1:]], y[start_pt[1:]]
+    gap_px = np.hypot(bx - ax, by - ay)
+    join = (stroke_sample[1:] == stroke_sample[:-1]) & (rng.uniform(0, 1, k - 1) < style["cursive"][s[:-1]])
     join &= gap_px < 0.35 * size
-    all_p, all_sample, all_pressure = p, sample, pressure
     if join.any():
-        ja, jb, jd = a[join], b[join], gap_px[join]
+        ja, jb, jd = np.stack([ax, ay], 1)[join], np.stack([bx, by], 1)[join], gap_px[join]
         jn = np.maximum(2, np.ceil(jd / (_DENSE_SPACING * px)).astype(np.int64) + 1)
         j_owner, j_pos = _ragged_arange(jn)
         jt = (j_pos / (jn[j_owner] - 1))[:, None]
         d = jb - ja
         sag = np.stack([-d[:, 1], d[:, 0]], axis=1) * rng.uniform(-0.15, 0.15, len(jd))[:, None]
-        jp = ja[j_owner] + jt * d[j_owner] + np.sin(np.pi * jt) * sag[j_owner]
-        j_pressure = rng.uniform(0.2, 0.45, len(jd))[j_owner]
-        all_p = np.concatenate([p, jp.astype(np.float32)])
-        all_sample = np.concatenate([sample, stroke_sample[:-1][join][j_owner]])
-        all_pressure = np.concatenate([pressure, j_pressure.astype(np.float32)])
+        jp = (ja[j_owner] + jt * d[j_owner] + np.sin(np.pi * jt) * sag[j_owner]).astype(f32)
+        j_pressure = rng.uniform(0.2, 0.45, len(jd))[j_owner] * (_DENSE_SPACING * px)
+        splat_x, splat_y = np.concatenate([x, jp[:, 0]]), np.concatenate([y, jp[:, 1]])
+        splat_sample = np.concatenate([i_base, stroke_sample[:-1][join][j_owner]])
+        splat_weight = np.concatenate([pressure, j_pressure.astype(f32)])
+    else:
+        splat_x, splat_y, splat_sample, splat_weight = x, y, i_base, pressure
 
-    # Each point stands for the dense spacing of ink, so lines get the same density at any point count.
-    images = _splat(all_p, all_sample, all_pressure * np.float32(_DENSE_SPACING * px), style, n, size, px)
+    # -- 5. ink: the saturating curve (1 - exp(-gain d)) / (1 - exp(-gain)) of the pen-blurred density d.
+    # A Gaussian line profile peaks at 1 / (sqrt(2 pi) sigma): scaled so a full-pressure line peaks at 1.
+    # The blur's matrices carry -gain and the scale; the division is left to the caller (`ink_scale`).
+    canvas = _splat(splat_x, splat_y, splat_sample, splat_weight, n, size + 2 * _PAD)
+    pen = style["pen"] * px
+    ink = _blur(canvas, pen, -style["gain"] * np.sqrt(2 * np.pi) * pen, _PAD)
+    np.exp(ink, out=ink)
+    ink -= 1
+    ink_scale = -1 / (1 - np.exp(-style["gain"]))
 
     strokes = None
     if with_strokes:
-        keep = (pt_pos % _STORE_EVERY == 0) | (pt_pos == ndense[pt_stroke] - 1)
-        kept_per_stroke = np.bincount(pt_stroke[keep], minlength=k)
-        pieces = np.split(p[keep].astype(np.float32), np.cumsum(kept_per_stroke)[:-1])
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(stroke_sample, minlength=n))])
+        pos = np.arange(m) - np.repeat(start_pt, ndense)
+        keep = pos % _STORE_EVERY == 0
+        keep[last_pt] = True
+        kept_per_stroke = np.bincount(np.repeat(np.arange(k), ndense)[keep], minlength=k)
+        kept = np.stack([x[keep], y[keep]], axis=1) - f32(_PAD - 0.5)  # canvas -> image coordinates
+        pieces = np.split(kept, np.cumsum(kept_per_stroke)[:-1])
+        bounds = np.concatenate([[0], np.cumsum(bank.char_nstrokes[char_index])])
         strokes = [pieces[bounds[i] : bounds[i + 1]] for i in range(n)]
-    return images, strokes
+    return ink, ink_scale, strokes
 
 
-def _elastic(
-    p: np.ndarray, sample: np.ndarray, amplitude: np.ndarray, rng: np.random.Generator, n: int, size: int
+def _splat(
+    x: np.ndarray, y: np.ndarray, sample: np.ndarray, weight: np.ndarray, n: int, side: int
 ) -> np.ndarray:
-    """A smooth random displacement (pixels) at pixel positions p (m, 2): a few low Fourier modes."""
-    modes = 3
-    freq = (rng.normal(0, 1.6, (modes, n, 2)) * (2 * np.pi / size)).astype(np.float32)  # ~1.6 cycles/side
-    phase = rng.uniform(0, 2 * np.pi, (modes, n)).astype(np.float32)
-    amp = (rng.normal(0, 1.0, (modes, n, 2)) * (amplitude[None, :, None] / np.sqrt(modes))).astype(np.float32)
-    out = np.zeros(p.shape, np.float32)
-    for j in range(modes):
-        f = freq[j][sample]
-        wave = np.sin(f[:, 0] * p[:, 0] + f[:, 1] * p[:, 1] + phase[j][sample])
-        out += amp[j][sample] * wave[:, None]
-    return out
+    """Bilinear splats of weighted points (canvas pixel coordinates: centres on integers) into n
+    (side, side) canvases, float32. Points beyond a canvas carry no weight."""
+    import torch
+
+    outside = (x < 0) | (y < 0) | (x >= side - 1) | (y >= side - 1)
+    weight = np.where(outside, np.float32(0), weight)
+    x = np.clip(x, 0, side - 1.001)
+    y = np.clip(y, 0, side - 1.001)
+    x0, y0 = np.floor(x), np.floor(y)
+    x -= x0  # now the fractions
+    y -= y0
+    y0 *= side
+    y0 += x0
+    idx = torch.from_numpy(y0.astype(np.int64) + sample * (side * side))
+    below = weight * y  # the share of row y0 + 1
+    above = weight - below
+    below_right = below * x
+    below -= below_right
+    above_right = above * x
+    above -= above_right
+    canvas = torch.zeros(n * side * side)
+    for w, at in ((above, idx), (above_right, idx + 1), (below, idx + side), (below_right, idx + side + 1)):
+        canvas.index_add_(0, at, torch.from_numpy(w))
+    return canvas.reshape(n, side, side)
 
 
-def _blur_crop(canvas: np.ndarray, sigma: float, pad: int) -> np.ndarray:
-    """Gaussian blur of (n, side, side) canvases, cropped by ``pad`` on each side, as two matrix products.
+def _blur_matrix(sigma: float, side: int, pad: int) -> np.ndarray:
+    """(side - 2 pad, side) Gaussian blur-and-crop matrix, rows summing to 1 away from the edges."""
+    size = side - 2 * pad
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(side)[None, :] - (np.arange(size) + pad)[:, None]
+    taps = np.exp(-(offsets**2) / (2 * sigma**2)) * (np.abs(offsets) <= radius)
+    return taps / np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2)).sum()
 
-    A banded (size x side) kernel matrix does blur and crop at once; as GEMMs (torch, on the thread
-    count the caller set) this is a few times faster than a separable convolution filter.
+
+def _blur(canvas, sigma: np.ndarray, gain: np.ndarray, pad: int) -> np.ndarray:
+    """Gaussian blur (per-sample ``sigma``) of torch canvases (n, side, side), cropped by ``pad`` on each
+    side and multiplied by ``gain``, as two matrix products: a banded kernel matrix does blur and crop at
+    once, and as GEMMs this is a few times faster than a separable convolution. Returns float32 numpy.
     """
     import torch
 
     n, side, _ = canvas.shape
     size = side - 2 * pad
-    radius = int(np.ceil(3 * sigma))
-    offsets = np.arange(side)[None, :] - (np.arange(size) + pad)[:, None]
-    taps = np.exp(-(offsets**2) / (2 * sigma**2)) * (np.abs(offsets) <= radius)
-    taps /= np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2)).sum()
-    k = torch.from_numpy(taps.astype(np.float32))
-    rows = torch.from_numpy(np.ascontiguousarray(canvas, dtype=np.float32)).reshape(n * side, side) @ k.T
-    return (k @ rows.reshape(n, side, size)).numpy()
-
-
-def _splat(
-    p: np.ndarray,
-    sample: np.ndarray,
-    weight: np.ndarray,
-    style: dict[str, np.ndarray],
-    n: int,
-    size: int,
-    px: float,
-) -> np.ndarray:
-    """Bilinear splats into a canvas, a Gaussian blur of the writer's pen width, a saturating ink curve."""
-    pad = _PAD
-    side = size + 2 * pad
-    # Pixel centres sit at integer + 0.5; points beyond the padded canvas carry no weight.
-    x = p[:, 0] + np.float32(pad - 0.5)
-    y = p[:, 1] + np.float32(pad - 0.5)
-    outside = (x < 0) | (y < 0) | (x >= side - 1) | (y >= side - 1)
-    weight = np.where(outside, np.float32(0), weight)
-    x = np.clip(x, 0, side - 1.001)
-    y = np.clip(y, 0, side - 1.001)
-    x0, y0 = x.astype(np.int64), y.astype(np.int64)
-    fx, fy = x - x0, y - y0
-    idx = sample * (side * side) + y0 * side + x0
-    wy1 = weight * fy
-    wy0 = weight - wy1
-    canvas = np.bincount(
-        np.concatenate([idx, idx + 1, idx + side, idx + side + 1]),
-        np.concatenate([wy0 - wy0 * fx, wy0 * fx, wy1 - wy1 * fx, wy1 * fx]),
-        minlength=n * side * side,
-    ).reshape(n, side, side)
-    # One blur per pen width: a batch holds few writers, each with one pen.
-    pen = style["pen"] * px
-    density = np.empty((n, size, size), np.float32)
-    for sigma in np.unique(pen):
-        group = np.flatnonzero(pen == sigma)
-        # A Gaussian line profile peaks at 1 / (sqrt(2 pi) sigma): scale so a full-pressure line peaks at 1.
-        density[group] = _blur_crop(canvas[group], float(sigma), pad) * np.float32(np.sqrt(2 * np.pi) * sigma)
-    gain = style["gain"][:, None, None].astype(np.float32)
-    return (1.0 - np.exp(-gain * density)) / (1.0 - np.exp(-gain))
+    out = torch.empty(n, size, size)
+    # One kernel per run of samples that share sigma and gain: a writer's samples are contiguous.
+    change = np.flatnonzero((sigma[1:] != sigma[:-1]) | (gain[1:] != gain[:-1])) + 1
+    bounds = [0, *change.tolist(), n]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+        k = torch.from_numpy(_blur_matrix(float(sigma[a]), side, pad).astype(np.float32))
+        rows = canvas[a:b].reshape((b - a) * side, side) @ (k.T * float(gain[a]))
+        torch.matmul(k, rows.reshape(b - a, side, size), out=out[a:b])
+    return out.numpy()
 
 
 # ---------------------------------------------------------------- fonts
@@ -435,40 +577,62 @@ def render_font_glyphs(
     import torch
     import torch.nn.functional as F
 
-    n, res, _ = glyphs.shape
-    px = size / 64.0
+    n = len(glyphs)
     # Forward map em box (units of the 109 box) -> pixels, as in render_strokes; invert it per sample.
-    scale = size * style["size"] / KANJIVG_BOX * np.exp(rng.normal(0, 0.04, n))
-    aspect = style["aspect"] * np.exp(rng.normal(0, 0.03, n))
-    glob = _rotation_shear_scale(
-        style["rotation"] + rng.normal(0, 0.03, n),
-        style["slant"] + rng.normal(0, 0.04, n),
-        scale * np.sqrt(aspect),
-        scale / np.sqrt(aspect),
-    )
-    shift = size / 2 + rng.normal(0, 1.2 * px, (n, 2))
+    glob, shift = _global_affine(style, rng, size)
     inv = np.linalg.inv(glob)
     # The inverse map is smooth: evaluate it on a coarse lattice and upsample it bilinearly.
     coarse = _FONT_GRID
     centres = np.linspace(0.5, size - 0.5, coarse)
     qx, qy = np.meshgrid(centres, centres)
-    q = np.tile(np.stack([qx.ravel(), qy.ravel()], axis=1).astype(np.float32), (n, 1))
+    q = np.tile(np.stack([qx.ravel(), qy.ravel()], axis=1), (n, 1))
     sample = np.repeat(np.arange(n), coarse * coarse)
+    freq, phase, amp = _elastic_waves(style, rng, size)
     # Subtracting the displacement at q is the inverse of adding it, to first order.
-    q = q - _elastic(q, sample, style["elastic"] * px, rng, n, size)
+    q = q - _elastic_at(q, freq[:, sample], phase[:, sample], amp[:, sample])
     u = np.einsum("mij,mj->mi", inv[sample], q - shift[sample]) + KANJIVG_BOX / 2
+    # (n, 2, row, col) in grid_sample's [-1, 1] units; bilinear upsampling (align_corners=True) is a
+    # (size, coarse) matrix applied on both sides, done as two plain GEMMs.
     lattice = torch.from_numpy((u / KANJIVG_BOX * 2 - 1).astype(np.float32).reshape(n, coarse, coarse, 2))
-    grid = F.interpolate(lattice.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=True)
-    grid = grid.permute(0, 2, 3, 1).contiguous()
-    src = torch.from_numpy(glyphs.astype(np.float32))[:, None]
-    out = F.grid_sample(src, grid, mode="bilinear", align_corners=False)
-    ink = out[:, 0].numpy()
+    lattice = lattice.permute(0, 3, 1, 2).reshape(n * 2 * coarse, coarse)
+    up = torch.from_numpy(_upsample_matrix(coarse, size).T.astype(np.float32))
+    cols = (lattice @ up).reshape(n * 2, coarse, size).transpose(1, 2).reshape(n * 2 * size, coarse)
+    # (n, 2, col, row) -> grid (n, row, col, 2), a strided view grid_sample reads as it is
+    grid = (cols @ up).reshape(n, 2, size, size).permute(0, 3, 2, 1)
+    out = F.grid_sample(torch.from_numpy(glyphs)[:, None], grid, mode="bilinear", align_corners=False)
     # Pen weight: blur, then the same saturating curve as the stroke renderer (thickens or thins slightly).
-    ink = _blur_crop(ink, 0.4 * px, pad=0)
-    gain = style["gain"][:, None, None].astype(np.float32) * rng.uniform(0.4, 1.0, (n, 1, 1)).astype(
-        np.float32
-    )
-    return (1.0 - np.exp(-gain * ink * 1.5)) / (1.0 - np.exp(-gain * 1.5))
+    ink = _blur(out[:, 0], np.full(n, 0.4 * size / 64.0), np.ones(n), pad=0)
+    gain = (style["gain"] * rng.uniform(0.4, 1.0, n) * 1.5).astype(np.float32)[:, None, None]
+    ink *= -gain
+    np.exp(ink, out=ink)
+    ink -= 1
+    ink *= -1 / (1 - np.exp(-gain))
+    return ink
+
+
+def _upsample_matrix(coarse: int, size: int) -> np.ndarray:
+    """(size, coarse) weights of bilinear upsampling with align_corners=True."""
+    pos = np.arange(size) * (coarse - 1) / (size - 1)
+    low = np.minimum(np.floor(pos).astype(np.int64), coarse - 2)
+    frac = pos - low
+    w = np.zeros((size, coarse))
+    w[np.arange(size), low] = 1 - frac
+    w[np.arange(size), low + 1] = frac
+    return w
+
+
+def font_images(
+    cache, chars: Sequence[str], style: dict[str, np.ndarray], rng: np.random.Generator, size: int = 64
+) -> np.ndarray:
+    """Finished images (n, size, size) uint8 of ``chars`` from a `fonts.GlyphCache` (smoothed, drawn at
+    more than ``size``): `render_font_glyphs` then `finish_images`, a sub-batch at a time."""
+    images = np.empty((len(chars), size, size), np.uint8)
+    for b0 in range(0, len(chars), _SUB_BATCH):
+        part = slice(b0, b0 + _SUB_BATCH)
+        sub_style = {k: v[part] for k, v in style.items()}
+        ink = render_font_glyphs(cache.get(chars[part]), sub_style, rng, size)
+        images[part] = _finish_batch(ink, sub_style, rng)
+    return images
 
 
 # ---------------------------------------------------------------- scan finish
@@ -477,38 +641,97 @@ def render_font_glyphs(
 def scan_finish(ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Ink (n, S, S) in [0, 1] -> uint8 grey levels 0..15 like an ETL9G scan: grainy, unsaturated ink,
     a light noisy background, the odd speck."""
-    n, h, w = ink.shape
-
-    def per_image(name: str) -> np.ndarray:
-        return style[name][:, None, None].astype(np.float32)
-
-    x = rng.random((n, h, w), dtype=np.float32)  # grain
-    x *= -per_image("grain")
-    x += 1.0
-    x *= ink
-    x *= MAX_LEVEL * per_image("ink")
-    x += per_image("background")
-    noise = rng.standard_normal((n, h, w), dtype=np.float32)
-    noise *= per_image("noise")
-    x += noise
-    n_specks = rng.binomial(x.size, 0.002)
-    x.reshape(-1)[rng.integers(0, x.size, n_specks)] += rng.uniform(1.0, 4.0, n_specks).astype(np.float32)
-    np.rint(x, out=x)
-    np.clip(x, 0, MAX_LEVEL, out=x)
-    return x.astype(np.uint8)
+    out = np.empty(ink.shape, np.uint8)
+    for b0 in range(0, len(ink), _SUB_BATCH):
+        x = ink[b0 : b0 + _SUB_BATCH].astype(np.float32)
+        _scan(x, {k: v[b0 : b0 + _SUB_BATCH] for k, v in style.items()}, rng)
+        index = _level_index(x)
+        index -= (np.arange(len(x)) * _LEVELS)[:, None, None]
+        out[b0 : b0 + _SUB_BATCH] = index
+    return out
 
 
 def finish_images(ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Scan finish, then the project's one image convention (uint8, ink 255 on 0)."""
-    from kanjirec.data.preprocess import normalize_images
+    """`scan_finish`, then the project's one image convention: uint8, ink 255 on 0, contrast stretched.
 
-    return normalize_images(scan_finish(ink, style, rng), max_level=MAX_LEVEL, size=ink.shape[1], margin=0)
+    Same result as ``normalize_images(scan_finish(ink, style, rng), max_level=MAX_LEVEL, size=S,
+    margin=0)`` (a test holds them equal): at the renderer's own size that call only stretches the
+    contrast, and with 16 grey levels the stretch is a 16-entry table per image, which this applies
+    straight from the histogram it is computed from, with no float image, resize or copy in between.
+    """
+    out = np.empty(ink.shape, np.uint8)
+    for b0 in range(0, len(ink), _SUB_BATCH):
+        part = slice(b0, b0 + _SUB_BATCH)
+        out[part] = _finish_batch(ink[part].astype(np.float32), {k: v[part] for k, v in style.items()}, rng)
+    return out
 
 
-def _sample_styles(
-    writer_styles: dict[str, np.ndarray], writer_of_sample: np.ndarray
-) -> dict[str, np.ndarray]:
-    return {k: v[writer_of_sample] for k, v in writer_styles.items()}
+def _finish_batch(
+    ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator, ink_scale: np.ndarray | None = None
+) -> np.ndarray:
+    """`finish_images` of float32 ink (n, S, S) that may be overwritten, times ``ink_scale`` per image."""
+    _scan(ink, style, rng, ink_scale)
+    index = _level_index(ink)
+    n = len(ink)
+    hist = np.bincount(index.reshape(-1), minlength=n * _LEVELS).reshape(n, _LEVELS)
+    return _contrast_tables(hist).reshape(-1)[index]
+
+
+def _scan(
+    x: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator, ink_scale: np.ndarray | None = None
+) -> None:
+    """In place: ink (n, S, S) float32 in [0, 1] (after multiplying by ``ink_scale`` per image) ->
+    continuous grey levels in [0, MAX_LEVEL]: ink * level * (1 - grain * v) + background + noise."""
+
+    def per_image(v: np.ndarray) -> np.ndarray:
+        return v.astype(np.float32)[:, None, None]
+
+    level = MAX_LEVEL * style["ink"] * (1.0 if ink_scale is None else ink_scale)
+    grain = style["grain"]
+    # Raw 64-bit draws are the cheapest random bytes numpy makes: one for grain, three for noise.
+    nbytes = (1 + _NOISE_BYTES) * x.size
+    random = rng.bit_generator.random_raw(-(-nbytes // 8)).view(np.uint8)[:nbytes]
+    random = random.reshape(1 + _NOISE_BYTES, *x.shape)
+    # Grain: v = (byte + 0.5) / 256, uniform in (0, 1).
+    factor = random[0].astype(np.float32)
+    factor *= per_image(-level * grain / 256)
+    factor += per_image(level * (1 - grain / 512))
+    x *= factor
+    noise = random[1].astype(np.float32)
+    for extra in random[2:]:
+        noise += extra
+    noise *= per_image(style["noise"] / _NOISE_STD)
+    x += noise
+    x += per_image(style["background"] - style["noise"] * _NOISE_MEAN / _NOISE_STD)
+    n_specks = rng.binomial(x.size, 0.002)
+    x.reshape(-1)[rng.integers(0, x.size, n_specks)] += rng.uniform(1.0, 4.0, n_specks).astype(np.float32)
+    np.clip(x, 0, MAX_LEVEL, out=x)
+
+
+def _level_index(x: np.ndarray) -> np.ndarray:
+    """Continuous levels (n, S, S) in [0, MAX_LEVEL] -> rounded level + 16 * image index (intp), the
+    index of each pixel into the batch's (n, 16) histograms and tables. Overwrites x."""
+    x += (0.5 + _LEVELS * np.arange(len(x), dtype=np.float32))[:, None, None]
+    return x.astype(np.intp)
+
+
+def _contrast_tables(hist: np.ndarray) -> np.ndarray:
+    """(n, 16) per-image grey level histograms -> (n, 16) uint8 tables: the contrast stretch of
+    `preprocess.normalize_images` (background = median level -> 0, the 95th percentile of the levels
+    above it -> 255), evaluated in the same float32 arithmetic so the results are identical."""
+    levels = hist.shape[1]
+    cum = hist.cumsum(axis=1)
+    background = (cum * 2 < cum[:, -1:]).sum(axis=1)
+    above = np.where(np.arange(levels)[None, :] <= background[:, None], 0, hist)
+    ink = above.cumsum(axis=1)
+    top = np.where(ink[:, -1] > 0, (ink * 100 < ink[:, -1:] * 95).sum(axis=1), background)
+    scale = np.maximum((top - background).astype(np.float32), np.float32(0.5))
+    value = (np.arange(levels, dtype=np.float32)[None, :] - background.astype(np.float32)[:, None]) / scale[
+        :, None
+    ]
+    np.clip(value, 0, 1, out=value)
+    value *= np.float32(255)
+    return np.rint(value).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- dataset synthesis
@@ -565,12 +788,12 @@ def _run_job(job: _StrokeJob | _FontJob) -> tuple:
         writer_of_sample = np.repeat(np.arange(job.n_writers), n_chars)
         char_index = np.tile(np.arange(n_chars), job.n_writers)
         style = _sample_styles(writers, writer_of_sample)
-        ink, strokes = render_strokes(bank, char_index, style, rng, size, with_strokes)
-        images = finish_images(ink, style, rng)
+        images, strokes = stroke_images(bank, char_index, style, rng, size, with_strokes)
         keys = [f"synth/w{job.first_writer + w:05d}" for w in range(job.n_writers)]
+        # Classes as one string (a sequence of characters), so a chunk pickles back to the parent cheaply.
         return (
             images,
-            [bank.chars[i] for i in char_index],
+            "".join(bank.chars[i] for i in char_index),
             [keys[w] for w in writer_of_sample],
             "synth-strokes",
             strokes,
@@ -586,10 +809,30 @@ def _run_job(job: _StrokeJob | _FontJob) -> tuple:
     # A face is one writer with one style; each sample gets its own distortion around it.
     style = _sample_styles(draw_writer_styles(rng, 1), np.zeros(n, np.int64))
     style = {**style, "size": rng.uniform(0.8, 0.95, n), "mess": np.zeros(n)}
-    ink = render_font_glyphs(cache.get(job.chars), style, rng, size)
-    images = finish_images(ink, style, rng)
+    images = font_images(cache, job.chars, style, rng, size)
+    # A face's copies of a class sit in one block, so glyphs are not needed after it.
+    cache.clear()
     strokes = [[] for _ in range(n)] if with_strokes else None
-    return images, list(job.chars), [face.writer] * n, face.source, strokes
+    return images, "".join(job.chars), [face.writer] * n, face.source, strokes
+
+
+def _in_order(pool, jobs: Sequence, ahead: int):
+    """Results of jobs in job order, with at most ``ahead`` outstanding: unlike Pool.imap, finished
+    chunks cannot pile up in memory while the writer is busy."""
+    from collections import deque
+
+    pending: deque = deque()
+    queue = iter(jobs)
+    for job in queue:
+        pending.append(pool.apply_async(_run_job, (job,)))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        result = pending.popleft().get()
+        job = next(queue, None)
+        if job is not None:
+            pending.append(pool.apply_async(_run_job, (job,)))
+        yield result
 
 
 def synthesize(
@@ -703,7 +946,7 @@ def synthesize(
         import multiprocessing as mp
 
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_run_job, jobs)
+        results = _in_order(pool, jobs, ahead=2 * workers)
     else:
         import torch
 

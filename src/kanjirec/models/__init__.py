@@ -16,6 +16,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 
+from kanjirec.errors import ModelConfigError
 from kanjirec.models.base import RecognitionModel, to_float
 
 __all__ = ["RecognitionModel", "create_model", "describe_models", "list_models", "register_model", "to_float"]
@@ -74,12 +75,12 @@ def create_model(
     """Build a registered model; ``classes`` (the class characters) is needed by the radical models."""
     _load_families()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
+        raise ModelConfigError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
     keys = _config_keys(cls)
     unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise TypeError(
+        raise ModelConfigError(
             f"model {name!r} got unknown config key(s) {', '.join(unknown)}; accepted: {', '.join(keys)}"
         )
     if classes is not None and len(classes) != num_classes:

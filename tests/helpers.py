@@ -1,0 +1,103 @@
+"""Shared test helpers: a stub model whose logits the test sets, and a dataset it can read.
+
+The stub is registered in the model registry only inside ``registered_model`` (the
+``fixed_logits_registered`` fixture of conftest.py), so ``list_models()`` outside those
+tests, including at collection time where tests are parametrised over it, is the real zoo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kanjirec.checkpoint import CheckpointManager
+from kanjirec.models import RecognitionModel, create_model
+
+CHARS = "あいうえお"
+WRITERS = [f"T/w{i}" for i in range(6)]
+SIZE = 16
+FIXED_LOGITS = "fixed_logits_for_tests"
+
+
+def encode_ids(ids: np.ndarray) -> np.ndarray:
+    """Blank images carrying their sample id in two pixels, so a stub model can look it up."""
+    images = np.zeros((len(ids), SIZE, SIZE), np.uint8)
+    images[:, 0, 0] = ids // 256
+    images[:, 0, 1] = ids % 256
+    images[:, 4:12, 8] = 255  # a stroke, so distortions have ink to work on
+    return images
+
+
+class FixedLogits(RecognitionModel):
+    """Returns row ``id`` of a logit table for the image carrying sample id ``id``.
+
+    Registered (inside ``registered_model``) like any model, so it is checkpointed and loaded
+    through the real path.
+    """
+
+    def __init__(self, num_classes: int, *, rows: int = 1):
+        super().__init__(num_classes)
+        self.register_buffer("table", torch.zeros(rows, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()
+        return self.table[ids.clamp(max=len(self.table) - 1)]
+
+
+@contextmanager
+def registered_model(name: str, cls: type[RecognitionModel]) -> Iterator[type[RecognitionModel]]:
+    """Make ``cls`` available to ``create_model(name)`` (and checkpoint loading) for the block only."""
+    from kanjirec.models import _REGISTRY, list_models, register_model
+
+    if name in list_models():  # also loads the real families, so none registers inside the block
+        raise RuntimeError(f"model name {name!r} is already registered")
+    register_model(name)(cls)
+    try:
+        yield cls
+    finally:
+        del _REGISTRY[name]
+
+
+def fixed_logits(table: np.ndarray) -> FixedLogits:
+    """A stub returning ``table[id]``; needs the ``fixed_logits_registered`` fixture."""
+    model = create_model(FIXED_LOGITS, table.shape[1], rows=len(table))
+    model.table.copy_(torch.as_tensor(table))
+    return model
+
+
+def save_run(run_dir, model: nn.Module, classes) -> Path:
+    """A run folder with a best.pt, as the trainer writes it."""
+    state = {
+        "model_name": model.name,
+        "model_config": model.config,
+        "classes": list(classes),
+        "config": {},
+        "model": model.state_dict(),
+    }
+    CheckpointManager(Path(run_dir) / "checkpoints").save(state, 1, is_best=True)
+    return Path(run_dir)
+
+
+def table_with_ranks(ds, model_classes, ranks: dict[int, int]) -> np.ndarray:
+    """Logits where sample i's true class sits at rank ranks[i] (0 = top); other samples: rank 0."""
+    n_cls = len(model_classes)
+    table = np.zeros((len(ds), n_cls), np.float32)
+    col = {c: k for k, c in enumerate(model_classes)}
+    for i in range(len(ds)):
+        true = col.get(ds.classes[ds.labels[i]])
+        others = [k for k in range(n_cls) if k != true]
+        order = others.copy()
+        if true is not None:
+            order.insert(ranks.get(i, 0), true)
+        table[i, order] = np.arange(n_cls, 0, -1)  # position 0 gets the largest logit
+    return table
+
+
+def tiny_cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("cnn", len(CHARS), channels=(4, 8), convs_per_block=1, head_hidden=16).eval()
