@@ -22,6 +22,15 @@ CHARS = "あいうえお"
 WRITERS = [f"T/w{i}" for i in range(6)]
 SIZE = 16
 FIXED_LOGITS = "fixed_logits_for_tests"
+# Small configurations of every registered model, for tests that build each one.
+SMALL = {
+    "cnn": dict(channels=(8, 16, 16, 32), head_hidden=32),
+    "basic_rnn": dict(hidden_size=16),
+    "stroke_rnn": dict(hidden_size=16, num_heads=4, head_hidden=16),
+    "hybrid_cnn_rnn": dict(channels=(8, 16, 16, 32), global_dim=16, hidden_size=16, head_hidden=16),
+    "radical_attn_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32)),
+    "radical_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32), detector_hidden=32),
+}
 
 
 def encode_ids(ids: np.ndarray) -> np.ndarray:

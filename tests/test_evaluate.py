@@ -4,17 +4,22 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from helpers import CHARS, fixed_logits, save_run, table_with_ranks, tiny_cnn
+from helpers import CHARS, SMALL, fixed_logits, save_run, table_with_ranks, tiny_cnn
 from kanjirec.augment import DISTORTIONS
 from kanjirec.evaluate import (
     LoadedModel,
     compare,
     evaluate,
     expected_calibration_error,
+    inference_copy,
     map_classes,
     robustness_suite,
 )
+from kanjirec.export import sample_images
+from kanjirec.models import create_model, list_models
 
 
 @pytest.mark.usefixtures("fixed_logits_registered")
@@ -128,3 +133,23 @@ def test_compare_writes_one_table_with_every_run(id_dataset, tmp_path):
     assert json.loads((tmp_path / "compare.json").read_text(encoding="utf-8"))["robustness_samples"] == 8
     for name in ("accuracy_vs_latency.png", "accuracy_vs_size.png", "robustness.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_inference_copy_computes_the_same_logits_and_leaves_the_model_alone(name):
+    torch.manual_seed(0)
+    model = create_model(name, 4, classes=list("明林語川"), **SMALL.get(name, {})).eval()
+    for m in model.modules():  # batch-norm statistics away from the identity, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = sample_images(5)
+    fast = inference_copy(model)
+    with torch.inference_mode():
+        np.testing.assert_allclose(fast(images).numpy(), model(images).numpy(), atol=1e-4, rtol=1e-4)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (fast is not model)

@@ -10,20 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from helpers import SMALL
 from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.export import export_onnx
 from kanjirec.models import create_model, list_models
 from kanjirec.recognizer import Recognizer, RecognizerError, to_convention
 
 CLASSES = list("明林語川")
-SMALL = {
-    "cnn": dict(channels=(8, 16, 16, 32), head_hidden=32),
-    "basic_rnn": dict(hidden_size=16),
-    "stroke_rnn": dict(hidden_size=16, num_heads=4, head_hidden=16),
-    "hybrid_cnn_rnn": dict(channels=(8, 16, 16, 32), global_dim=16, hidden_size=16, head_hidden=16),
-    "radical_attn_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32)),
-    "radical_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32), detector_hidden=32),
-}
 
 
 def render(char: str, shift: tuple[float, float] = (0, 0)) -> np.ndarray:
@@ -87,3 +80,22 @@ def test_recognizer_rejects_a_foreign_onnx_file(tmp_path) -> None:
     torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(path), dynamo=True, verbose=False)
     with pytest.raises(RecognizerError, match="not a kanjirec export"):
         Recognizer.load(path)
+
+
+def test_recognizer_on_one_thread_reads_as_the_default_session(tmp_path) -> None:
+    from kanjirec.evaluate import load_any, torch_threads
+
+    torch.manual_seed(0)
+    model = create_model("cnn", len(CLASSES), classes=CLASSES, **SMALL["cnn"]).eval()
+    path = export_onnx(model, tmp_path / "cnn.onnx")
+    one = Recognizer.load(path, threads=1)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    images = np.stack([render(c) for c in CLASSES])
+    expected = Recognizer.load(path).logits(images)
+    np.testing.assert_allclose(one.logits(images), expected, atol=1e-5, rtol=0)
+    # Evaluation runs an exported model on as many threads as torch is set to use.
+    onnx_model = load_any(path).model
+    with torch_threads(1):
+        np.testing.assert_allclose(onnx_model(torch.from_numpy(images)[:, None]).numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        Recognizer.load(path, threads=0)

@@ -5,8 +5,10 @@ import torch
 from kanjirec.charset import get_charset
 from kanjirec.data.fonts import FontError, GlyphCache, default_fonts, font_from_path
 from kanjirec.data.kanjivg import load_kanjivg
+from kanjirec.data.preprocess import normalize_images
 from kanjirec.data.store import PackedDataset
 from kanjirec.data.synth import (
+    MAX_LEVEL,
     StrokeBank,
     SynthError,
     _sample_styles,
@@ -14,6 +16,8 @@ from kanjirec.data.synth import (
     draw_writer_styles,
     finish_images,
     render_strokes,
+    scan_finish,
+    stroke_images,
     synthesize,
 )
 
@@ -34,27 +38,59 @@ def bank():
     return StrokeBank.build([kvg[c] for c in CHARS])
 
 
-def _render(bank, seed, writers=3, with_strokes=False, **overrides):
+def _styles(bank, seed, writers=3, **overrides):
     rng = np.random.default_rng(seed)
     styles = draw_writer_styles(rng, writers)
     styles.update({k: np.full(writers, v, dtype=float) for k, v in overrides.items()})
     n = len(bank.chars)
-    style = _sample_styles(styles, np.repeat(np.arange(writers), n))
-    ink, strokes = render_strokes(bank, np.tile(np.arange(n), writers), style, rng, 64, with_strokes)
+    return np.tile(np.arange(n), writers), _sample_styles(styles, np.repeat(np.arange(writers), n)), rng
+
+
+def _render(bank, seed, writers=3, with_strokes=False, **overrides):
+    char_index, style, rng = _styles(bank, seed, writers, **overrides)
+    ink, strokes = render_strokes(bank, char_index, style, rng, 64, with_strokes)
     return ink, strokes, style, rng
 
 
+def _images(bank, seed, with_strokes=False):
+    char_index, style, rng = _styles(bank, seed)
+    return stroke_images(bank, char_index, style, rng, 64, with_strokes)
+
+
 def test_same_seed_same_images_other_seed_other_images(bank):
-    a, _, style_a, rng_a = _render(bank, seed=5)
-    b, _, style_b, rng_b = _render(bank, seed=5)
-    c, _, _, _ = _render(bank, seed=6)
+    a, strokes_a = _images(bank, seed=5, with_strokes=True)
+    b, strokes_b = _images(bank, seed=5, with_strokes=True)
+    c, _ = _images(bank, seed=6)
     assert np.array_equal(a, b)
-    assert np.array_equal(finish_images(a, style_a, rng_a), finish_images(b, style_b, rng_b))
+    assert all(
+        np.array_equal(p, q)
+        for sa, sb in zip(strokes_a, strokes_b, strict=True)
+        for p, q in zip(sa, sb, strict=True)
+    )
     assert not np.array_equal(a, c)
-    img = finish_images(a, style_a, rng_a)
-    assert img.dtype == np.uint8 and img.shape == (3 * len(CHARS), 64, 64)
+    assert a.dtype == np.uint8 and a.shape == (3 * len(CHARS), 64, 64)
     # Ink bright on dark: the background (median) is dark, the strokes reach full brightness.
-    assert np.median(img) < 40 and (img.reshape(len(img), -1).max(axis=1) > 200).all()
+    assert np.median(a) < 40 and (a.reshape(len(a), -1).max(axis=1) > 200).all()
+    # The fused path gives the ink of render_strokes, finished: strokes sit where its ink is.
+    ink, _, _, _ = _render(bank, seed=5)
+    assert ((a > 128) <= (ink > 0.05)).mean() > 0.99
+
+
+def test_finished_images_are_normalize_images_of_the_scan_levels(bank):
+    ink, _, style, rng = _render(bank, seed=2)
+    state = rng.bit_generator.state
+    finished = finish_images(ink, style, rng)
+    rng.bit_generator.state = state
+    levels = scan_finish(ink, style, rng)
+    assert levels.dtype == np.uint8 and levels.max() <= MAX_LEVEL and len(np.unique(levels)) > 8
+    reference = normalize_images(levels, max_level=MAX_LEVEL, size=64, margin=0)
+    diff = finished.astype(int) - reference
+    # normalize_images resamples through grid_sample, whose float32 rounding tips the odd exact .5 of
+    # the contrast stretch to the next value; elsewhere the images are equal.
+    assert np.abs(diff).max() <= 1 and (diff == 0).mean() > 0.97
+    # One output value per grey level of an image: the stretch is a table, not a resampling.
+    for img, lev in zip(finished[:5], levels[:5], strict=True):
+        assert all(len(np.unique(img[lev == v])) == 1 for v in np.unique(lev))
 
 
 def _bilinear(img, pts):

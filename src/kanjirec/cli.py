@@ -260,7 +260,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     p.add_argument("--out", type=Path, help="folder for report.json, report.md and the PNG charts")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("compare", help="one table of accuracy, size, FLOPs, speed, memory and robustness")
@@ -279,7 +279,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory probe (a subprocess per model)"
     )
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.set_defaults(func=run_compare)
 
     p = sub.add_parser("ensemble", help="average several models' probabilities; save and score the ensemble")
@@ -295,7 +295,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit-split", choices=["train", "val", "test"], default="val")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score on")
     p.add_argument("--latency-runs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.set_defaults(func=run_ensemble)
 
 

@@ -13,6 +13,18 @@ from pathlib import Path
 
 from kanjirec.errors import KanjirecError
 
+# Half-width versions of the default architectures (about a quarter of the FLOPs), so that all
+# six train in the demo's budget on 2 CPU cores. The structure of each model is unchanged; the
+# full-size defaults are what `kanjirec train` uses.
+DEMO_CONFIGS: dict[str, dict] = {
+    "cnn": dict(channels=(16, 32, 64, 128), head_hidden=256),
+    "hybrid_cnn_rnn": dict(channels=(16, 32, 64, 128), global_dim=256, hidden_size=128, head_hidden=256),
+    "radical_attn_rnn": dict(channels=(16, 32, 64), embed_dim=64, hidden_size=96),
+    "radical_rnn": dict(channels=(16, 32, 64), embed_dim=64, hidden_size=96, detector_hidden=128),
+    "basic_rnn": dict(embed_dim=32, hidden_size=96),
+    "stroke_rnn": dict(hidden_size=128, head_hidden=128),
+}
+
 
 def run_demo(
     out: str | Path = "runs/demo",
@@ -64,6 +76,7 @@ def run_demo(
             workers=0,
             save_every=0,
             patience=0,
+            model_config=dict(DEMO_CONFIGS.get(name, {})),
         )
         train(config, resume="auto")
         runs.append(config.run_dir)

@@ -210,21 +210,25 @@ def build_ensemble(
     weighting: str = "fitted",
     fit_split: str = "val",
     test_split: str = "test",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     latency_runs: int = 50,
+    threads: int | None = None,
 ) -> dict:
     """Fit weights on ``fit_split``, save the ensemble to ``out`` and report, on ``test_split``,
     every member, the mean and the fitted ensemble, the gain over the best single member and
-    the latency cost."""
+    the latency cost. ``threads``: torch threads for the passes; None picks 1 or torch's count
+    from the members' measured throughputs (`evaluate.choose_threads`)."""
     from kanjirec.data.store import PackedDataset
     from kanjirec.evaluate import (
+        BATCH_SIZE,
         _split_indices,
         _unique_names,
+        choose_threads,
+        inference_copy,
         load_any,
-        map_classes,
         measure_speed,
-        predict,
         topk_accuracy,
+        torch_threads,
     )
 
     if weighting not in WEIGHTINGS:
@@ -233,48 +237,22 @@ def build_ensemble(
     loaded = [load_any(r) for r in runs]
     names = _unique_names([lm.name for lm in loaded])
     classes = check_same_classes({n: lm.classes for n, lm in zip(names, loaded, strict=True)})
-    models = {n: lm.model for n, lm in zip(names, loaded, strict=True)}
+    models = {n: inference_copy(lm.model) for n, lm in zip(names, loaded, strict=True)}
     ds = PackedDataset.open(data)
-
-    weights = {"mean": np.full(len(models), 1 / len(models))}
-    if weighting == "fitted":
-        fit_idx = ds.indices(fit_split)
-        fit_t = map_classes(ds.classes, classes, ds.labels[fit_idx]).targets
-        known = fit_t >= 0
-        if not known.any():
-            raise KanjirecError(
-                f"{ds.path}: no {fit_split} sample has a character the ensemble knows; fitted weights need "
-                f"them (use weighting 'mean')"
-            )
-        fit_pred = predict(
-            models,
-            ds.images,
-            fit_idx,
-            {n: fit_t for n in models},
-            batch_size=batch_size,
-            desc=f"fit on {fit_split}",
-        )
-        target_probs = np.stack([fit_pred[n].target_prob[known] for n in models], axis=1)
-        weights["fitted"] = fit_weights(target_probs)
-
     test_idx = _split_indices(ds, test_split)
-    mapping = map_classes(ds.classes, classes, ds.labels[test_idx])
-    test_pred = predict(
-        models,
-        ds.images,
-        test_idx,
-        {n: mapping.targets for n in models},
-        batch_size=batch_size,
-        ensembles={f"ensemble-{k}": w for k, w in weights.items()},
-        desc=f"evaluate on {test_split}",
-    )
+    sample = ds.images[test_idx[:64]]
+    speed = {n: measure_speed(m, sample, runs=latency_runs) for n, m in models.items()}
+    with torch_threads(threads if threads is not None else choose_threads(list(speed.values()))):
+        weights, test_pred, mapping = _fit_and_test(
+            models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size or BATCH_SIZE
+        )
+
     accuracy = {name: topk_accuracy(p) for name, p in test_pred.items()}
     best = max(names, key=lambda n: accuracy[n]["top1"])
     chosen = f"ensemble-{weighting}"
 
     ensemble_model = EnsembleModel(list(models.values()), weights[weighting], classes).eval()
-    sample = ds.images[test_idx[:64]]
-    best_speed = measure_speed(models[best], sample, runs=latency_runs)
+    best_speed = speed[best]
     ens_speed = measure_speed(ensemble_model, sample, runs=latency_runs)
     report = {
         "dataset": str(ds.path),
@@ -302,6 +280,45 @@ def build_ensemble(
         metrics=report,
     )
     return report
+
+
+def _fit_and_test(models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size):
+    """Weights (mean, and fitted on ``fit_split`` if asked) and the test-split predictions of every
+    member and of each weighting's ensemble."""
+    from kanjirec.evaluate import map_classes, predict
+
+    weights = {"mean": np.full(len(models), 1 / len(models))}
+    if weighting == "fitted":
+        fit_idx = ds.indices(fit_split)
+        fit_t = map_classes(ds.classes, classes, ds.labels[fit_idx]).targets
+        known = fit_t >= 0
+        if not known.any():
+            raise KanjirecError(
+                f"{ds.path}: no {fit_split} sample has a character the ensemble knows; fitted weights need "
+                f"them (use weighting 'mean')"
+            )
+        fit_pred = predict(
+            models,
+            ds.images,
+            fit_idx,
+            {n: fit_t for n in models},
+            batch_size=batch_size,
+            desc=f"fit on {fit_split}",
+        )
+        target_probs = np.stack([fit_pred[n].target_prob[known] for n in models], axis=1)
+        weights["fitted"] = fit_weights(target_probs)
+
+    mapping = map_classes(ds.classes, classes, ds.labels[test_idx])
+    test_pred = predict(
+        models,
+        ds.images,
+        test_idx,
+        {n: mapping.targets for n in models},
+        batch_size=batch_size,
+        ensembles={f"ensemble-{k}": w for k, w in weights.items()},
+        desc=f"evaluate on {test_split}",
+    )
+    return weights, test_pred, mapping
 
 
 def ensemble_markdown(r: dict) -> str:

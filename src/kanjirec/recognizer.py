@@ -72,22 +72,42 @@ def to_convention(image: str | Path | Image.Image | np.ndarray, size: int = 64) 
 class Recognizer:
     """Top-k character recognition with an exported ONNX model."""
 
-    def __init__(self, session, classes: list[str], preprocessing: str, image_size: int, top_k: int = 5):
+    def __init__(
+        self,
+        session,
+        classes: list[str],
+        preprocessing: str,
+        image_size: int,
+        top_k: int = 5,
+        *,
+        path: Path | None = None,
+        threads: int | None = None,
+    ):
         self.session = session
         self.classes = classes
         self.preprocessing = preprocessing
         self.image_size = image_size
         self.top_k = top_k
+        self.path = path
+        self.threads = threads
         self._input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def load(cls, path: str | Path, top_k: int = 5) -> Recognizer:
+    def load(cls, path: str | Path, top_k: int = 5, threads: int | None = None) -> Recognizer:
+        """``threads``: ONNX Runtime's intra-op threads (1 for single-thread latency); None leaves
+        its default, one per physical core."""
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise RecognizerError(f"{path}: no such ONNX file")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("classes", "preprocessing", "image_size") if META_PREFIX + k not in meta]
         if missing:
@@ -100,6 +120,8 @@ class Recognizer:
             meta[META_PREFIX + "preprocessing"],
             int(meta[META_PREFIX + "image_size"]),
             top_k,
+            path=path,
+            threads=threads,
         )
 
     def graph_inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:

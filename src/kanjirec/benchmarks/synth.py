@@ -106,7 +106,7 @@ def _bench(charset: str, writers: int, size: int, seed: int, scratch: Path) -> d
     print(f"  stroke rendering             {results['strokes_per_s']:9,.0f} samples/s")
     print(f"  ... storing stroke sequences {results['strokes_with_sequences_per_s']:9,.0f} samples/s")
     print(f"  scan finish + contrast       {results['finish_per_s']:9,.0f} samples/s (finish_images)")
-    print(f"  (normalize_images instead    {results['normalize_per_s']:9,.0f} samples/s, same images)")
+    print(f"  normalize_images (replaced)  {results['normalize_per_s']:9,.0f} samples/s")
     print(f"  store (DatasetWriter.add)    {results['store_per_s']:9,.0f} samples/s")
     print(f"  strokes end to end           {results['stroke_end_to_end_per_s']:9,.0f} samples/s")
 
@@ -120,7 +120,6 @@ def _bench(charset: str, writers: int, size: int, seed: int, scratch: Path) -> d
     glyphs, t_draw = _cpu(lambda: cache.get(covered))
     fstyle = _sample_styles(draw_writer_styles(rng, 1), np.zeros(len(covered), np.int64))
     _, t_font = _cpu(lambda: render_font_glyphs(glyphs, fstyle, rng, size))
-    del glyphs
     fimages, t_fused = _cpu(lambda: font_images(cache, covered, fstyle, rng, size))
     t_fstore = _store(fimages, covered, scratch / "fonts", size)
     results.update(

@@ -201,8 +201,8 @@ class GlyphCache:
             if not covered.all():
                 missing = "".join(c for c, ok in zip(todo, covered, strict=True) if not ok)
                 raise FontError(f"{self.face.path} ({self.face.name}) has no glyph for {missing!r}")
-            drawn = self._finish(np.stack([self._draw(c) for c in todo]))
-            self._glyphs.update(zip(todo, drawn, strict=True))
+            for c in todo:
+                self._glyphs[c] = self._draw(c)
         return np.stack([self._glyphs[c] for c in chars])
 
     def clear(self) -> None:
@@ -215,20 +215,14 @@ class GlyphCache:
         img = Image.new("L", (self.res, self.res), 0)
         # Horizontally centred on the advance, vertically on the ideographic em box.
         ImageDraw.Draw(img).text((self.res / 2, self._baseline), char, fill=255, font=self._font, anchor="ms")
-        return np.asarray(img)
-
-    def _finish(self, drawn: np.ndarray) -> np.ndarray:
-        """uint8 glyphs (n, res, res) -> float32 ink, smoothed if asked, all glyphs in one pass."""
-        glyphs = drawn.astype(np.float32)
-        glyphs *= np.float32(1 / 255)
         if not self.smooth:
-            return glyphs
-        for axis in (1, 2):  # [1, 2, 1] / 4 along rows, then columns; zero beyond the canvas
-            out = glyphs * np.float32(0.5)
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-            out[tuple(hi)] += glyphs[tuple(lo)] * np.float32(0.25)
-            out[tuple(lo)] += glyphs[tuple(hi)] * np.float32(0.25)
-            glyphs = out
-        return glyphs
+            return np.asarray(img, dtype=np.float32) / np.float32(255)
+        # [1, 2, 1] both ways in exact integers (at most 16 * 255), zero beyond the canvas.
+        g = np.asarray(img).astype(np.uint16)
+        rows = g * 2
+        rows[1:] += g[:-1]
+        rows[:-1] += g[1:]
+        out = rows * 2
+        out[:, 1:] += rows[:, :-1]
+        out[:, :-1] += rows[:, 1:]
+        return out.astype(np.float32) * np.float32(1 / (16 * 255))

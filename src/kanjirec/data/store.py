@@ -12,6 +12,7 @@ the dataset is written, and stored with it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -103,8 +104,7 @@ class DatasetWriter:
         # Images go straight to disk, so memory never holds more than the batch being added.
         while len(images):
             if self._part is None:
-                self._part = open(self._tmp / "shard.part", "wb")
-                self._part_count = 0
+                self._open_shard()
             take = min(len(images), self.shard_size - self._part_count)
             self._part.write(np.ascontiguousarray(images[:take]).tobytes())
             self._part_count += take
@@ -112,18 +112,26 @@ class DatasetWriter:
             if self._part_count == self.shard_size:
                 self._close_shard()
 
+    def _shard_header(self, count: int) -> bytes:
+        buf = io.BytesIO()
+        shape = (count, self.image_size, self.image_size)
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        return buf.getvalue()
+
+    def _open_shard(self) -> None:
+        # The header is written for a full shard and patched in place if the last one ends early.
+        self._part = open(self._tmp / f"images-{len(self._shards):05d}.npy", "wb")
+        self._part.write(self._shard_header(self.shard_size))
+        self._part_count = 0
+
     def _close_shard(self) -> None:
-        """Turn the raw part file into an .npy shard: header, then the bytes, copied in blocks."""
+        header = self._shard_header(self._part_count)
+        # numpy pads the header to a multiple of 64 bytes; a 3-d uint8 shape always fits in 128.
+        assert len(header) == len(self._shard_header(self.shard_size))
+        self._part.seek(0)
+        self._part.write(header)
         self._part.close()
-        s = self.image_size
-        name = f"images-{len(self._shards):05d}.npy"
-        part = self._tmp / "shard.part"
-        with open(self._tmp / name, "wb") as out, open(part, "rb") as raw:
-            header = {"descr": "|u1", "fortran_order": False, "shape": (self._part_count, s, s)}
-            np.lib.format.write_array_header_1_0(out, header)
-            shutil.copyfileobj(raw, out, 16 << 20)
-        part.unlink()
-        self._shards.append({"file": name, "count": self._part_count})
+        self._shards.append({"file": Path(self._part.name).name, "count": self._part_count})
         self._part = None
 
     def finish(

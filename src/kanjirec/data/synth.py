@@ -209,15 +209,6 @@ def _elastic_waves(
     return freq, phase, amp
 
 
-def _elastic_at(p: np.ndarray, freq: np.ndarray, phase: np.ndarray, amp: np.ndarray) -> np.ndarray:
-    """The displacement of `_elastic_waves` at points p (m, 2), one sample's waves per point (m rows)."""
-    out = np.zeros(p.shape)
-    for j in range(len(freq)):
-        wave = np.sin(freq[j, :, 0] * p[:, 0] + freq[j, :, 1] * p[:, 1] + phase[j])
-        out += amp[j] * wave[:, None]
-    return out
-
-
 # ---------------------------------------------------------------- stroke rendering
 
 
@@ -287,8 +278,11 @@ def _render_stroke_batch(
     with_strokes: bool,
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray]] | None]:
     """Stages 1-5 for one sub-batch: unscaled ink (n, size, size) float32, the per-sample factor that
-    scales it to [0, 1], and the strokes if asked. Everything random is drawn per stroke or per sample (small arrays,
-    float64); the per-point work is float32 arithmetic on rows of one table repeated out to the points."""
+    scales it to [0, 1], and the strokes if asked.
+
+    Everything random is drawn per stroke or per sample (small float64 arrays); the per-point work is
+    float32 arithmetic on the rows of one table of per-stroke values repeated out to the points.
+    """
     n = len(char_index)
     px = size / 64.0  # style lengths are given in pixels at 64x64
     f32 = np.float32
@@ -335,7 +329,9 @@ def _render_stroke_batch(
     glob, shift = _global_affine(style, rng, size)
     gs = glob[stroke_sample]
     mat = gs @ jitter
-    off = (gs @ (centre + move - KANJIVG_BOX / 2 - (jitter @ centre[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
+    off = (gs @ (centre + move - KANJIVG_BOX / 2 - (jitter @ centre[:, :, None])[:, :, 0])[:, :, None])[
+        :, :, 0
+    ]
     # Canvas coordinates put pixel centres on integers, with the border: a constant shift, which the
     # elastic waves' uniform random phases do not notice.
     off += shift[stroke_sample] + (_PAD - 0.5)
@@ -584,17 +580,22 @@ def render_font_glyphs(
     # The inverse map is smooth: evaluate it on a coarse lattice and upsample it bilinearly.
     coarse = _FONT_GRID
     centres = np.linspace(0.5, size - 0.5, coarse)
-    qx, qy = np.meshgrid(centres, centres)
-    q = np.tile(np.stack([qx.ravel(), qy.ravel()], axis=1), (n, 1))
-    sample = np.repeat(np.arange(n), coarse * coarse)
+    qx, qy = (c.ravel() for c in np.meshgrid(centres, centres))
     freq, phase, amp = _elastic_waves(style, rng, size)
-    # Subtracting the displacement at q is the inverse of adding it, to first order.
-    q = q - _elastic_at(q, freq[:, sample], phase[:, sample], amp[:, sample])
-    u = np.einsum("mij,mj->mi", inv[sample], q - shift[sample]) + KANJIVG_BOX / 2
-    # (n, 2, row, col) in grid_sample's [-1, 1] units; bilinear upsampling (align_corners=True) is a
-    # (size, coarse) matrix applied on both sides, done as two plain GEMMs.
-    lattice = torch.from_numpy((u / KANJIVG_BOX * 2 - 1).astype(np.float32).reshape(n, coarse, coarse, 2))
-    lattice = lattice.permute(0, 3, 1, 2).reshape(n * 2 * coarse, coarse)
+    # Per sample (n, coarse^2): q - shift minus the elastic displacement at q (subtracting it is the
+    # inverse of adding it, to first order), then the inverse affine into the 109 box.
+    dx = qx[None, :] - shift[:, 0, None]
+    dy = qy[None, :] - shift[:, 1, None]
+    for j in range(len(freq)):
+        wave = np.sin(freq[j, :, 0, None] * qx + freq[j, :, 1, None] * qy + phase[j][:, None])
+        dx -= amp[j, :, 0, None] * wave
+        dy -= amp[j, :, 1, None] * wave
+    ux = inv[:, 0, 0, None] * dx + inv[:, 0, 1, None] * dy
+    uy = inv[:, 1, 0, None] * dx + inv[:, 1, 1, None] * dy
+    # (n, 2, row, col) in grid_sample's [-1, 1] units (the box centre is 0); bilinear upsampling
+    # (align_corners=True) is a (size, coarse) matrix applied on both sides, done as two plain GEMMs.
+    lattice = torch.from_numpy((np.stack([ux, uy], axis=1) * (2 / KANJIVG_BOX)).astype(np.float32))
+    lattice = lattice.reshape(n * 2 * coarse, coarse)
     up = torch.from_numpy(_upsample_matrix(coarse, size).T.astype(np.float32))
     cols = (lattice @ up).reshape(n * 2, coarse, size).transpose(1, 2).reshape(n * 2 * size, coarse)
     # (n, 2, col, row) -> grid (n, row, col, 2), a strided view grid_sample reads as it is
@@ -654,10 +655,14 @@ def scan_finish(ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Ge
 def finish_images(ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """`scan_finish`, then the project's one image convention: uint8, ink 255 on 0, contrast stretched.
 
-    Same result as ``normalize_images(scan_finish(ink, style, rng), max_level=MAX_LEVEL, size=S,
-    margin=0)`` (a test holds them equal): at the renderer's own size that call only stretches the
-    contrast, and with 16 grey levels the stretch is a 16-entry table per image, which this applies
-    straight from the histogram it is computed from, with no float image, resize or copy in between.
+    This replaces ``normalize_images(scan_finish(ink, style, rng), max_level=MAX_LEVEL, size=S,
+    margin=0)``, which datasets of rendered images used to go through: the renderer already draws at
+    the stored size S with no margin (so that call's resize is the identity) and ink high, and with 16
+    grey levels its contrast stretch (median level -> 0, 95th percentile of the ink -> 255) is a
+    16-entry table per image, applied here straight from the histogram it comes from. The images are
+    the same (a test compares them) except where the stretch lands exactly on .5: normalize_images'
+    identity resample through grid_sample carries float32 error that rounds those either way pixel by
+    pixel, while here a grey level always maps to one value.
     """
     out = np.empty(ink.shape, np.uint8)
     for b0 in range(0, len(ink), _SUB_BATCH):
@@ -667,7 +672,10 @@ def finish_images(ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.
 
 
 def _finish_batch(
-    ink: np.ndarray, style: dict[str, np.ndarray], rng: np.random.Generator, ink_scale: np.ndarray | None = None
+    ink: np.ndarray,
+    style: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    ink_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """`finish_images` of float32 ink (n, S, S) that may be overwritten, times ``ink_scale`` per image."""
     _scan(ink, style, rng, ink_scale)
@@ -718,7 +726,7 @@ def _level_index(x: np.ndarray) -> np.ndarray:
 def _contrast_tables(hist: np.ndarray) -> np.ndarray:
     """(n, 16) per-image grey level histograms -> (n, 16) uint8 tables: the contrast stretch of
     `preprocess.normalize_images` (background = median level -> 0, the 95th percentile of the levels
-    above it -> 255), evaluated in the same float32 arithmetic so the results are identical."""
+    above it -> 255), in the same float32 arithmetic, so the tables hold the values it computes."""
     levels = hist.shape[1]
     cum = hist.cumsum(axis=1)
     background = (cum * 2 < cum[:, -1:]).sum(axis=1)
