@@ -35,6 +35,7 @@ Stored strokes are (x, y) in pixel units of the stored image, the image spanning
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -549,7 +550,7 @@ def _blur(canvas, sigma: np.ndarray, gain: np.ndarray, pad: int) -> np.ndarray:
     # One kernel per run of samples that share sigma and gain: a writer's samples are contiguous.
     change = np.flatnonzero((sigma[1:] != sigma[:-1]) | (gain[1:] != gain[:-1])) + 1
     bounds = [0, *change.tolist(), n]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         k = torch.from_numpy(_blur_matrix(float(sigma[a]), side, pad).astype(np.float32))
         rows = canvas[a:b].reshape((b - a) * side, side) @ (k.T * float(gain[a]))
         torch.matmul(k, rows.reshape(b - a, side, size), out=out[a:b])

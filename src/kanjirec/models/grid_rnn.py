@@ -30,8 +30,12 @@ class GridRNN(RecognitionModel):
     ) -> None:
         super().__init__(num_classes)
         self.grid = grid
-        # Four raw statistics, mostly zero on background cells, train slowly straight into an LSTM.
-        self.embed = nn.Sequential(nn.Linear(4, embed_dim), nn.ReLU())
+        # The four raw statistics are small (a cell's mean ink is ~0.1) and mostly zero on background
+        # cells; fed raw they left the LSTM near chance for the first epochs. BatchNorm standardises
+        # them with statistics learned in training (constants in the exported graph), and LayerNorm
+        # keeps the LSTM's input on a unit scale.
+        self.cell_norm = nn.BatchNorm1d(4)
+        self.embed = nn.Sequential(nn.Linear(4, embed_dim), nn.ReLU(), nn.LayerNorm(embed_dim))
         self.lstm = nn.LSTM(
             embed_dim,
             hidden_size,
@@ -43,5 +47,8 @@ class GridRNN(RecognitionModel):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.embed(grid_cells(images, self.grid)))
+        cells = grid_cells(images, self.grid)  # (B, S, 4)
+        # BatchNorm1d wants channels second: standardise the 4 statistics over batch and cells.
+        cells = self.cell_norm(cells.transpose(1, 2)).transpose(1, 2)
+        out, _ = self.lstm(self.embed(cells))
         return self.head(out.mean(dim=1))

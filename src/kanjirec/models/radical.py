@@ -122,7 +122,8 @@ class RadicalAttentionRNN(_ComponentModel):
         hidden_size: int = 128,
         num_layers: int = 2,
         channels: Sequence[int] = (32, 64, 128),
-        component_weight: float = 1.0,
+        component_weight: float = 0.3,
+        mixture_scale: float = 5.0,
         dropout: float = 0.3,
     ) -> None:
         super().__init__(num_classes)
@@ -135,6 +136,15 @@ class RadicalAttentionRNN(_ComponentModel):
         self.detector = nn.Linear(channels[-1], v)
         # Start from a small prior (components are rare per slot), as in focal-loss detectors.
         nn.init.constant_(self.detector.bias, -2.0)
+        # The embedding mixes components with a softmax over the vocabulary plus a "nothing" entry.
+        # Sigmoid weights would not work: the multi-label BCE (~5 positives of 500) pushes every logit
+        # down, the sigmoids saturate near 0, the mixture becomes constant and the class gradient
+        # vanishes (training stayed at chance). A softmax ignores that common shift; scaling its logits
+        # (a temperature of 1 / mixture_scale) keeps slots distinct while the detector is still unsure,
+        # at scale 1 the mixture stays near-uniform and the class loss did not move in 150 steps.
+        self.mixture_scale = mixture_scale
+        self.nothing_detector = nn.Linear(channels[-1], 1)
+        self.nothing_embedding = nn.Parameter(torch.zeros(embed_dim))
         codes = table.encoding(encoding)
         if codes is None:
             self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
@@ -158,19 +168,25 @@ class RadicalAttentionRNN(_ComponentModel):
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
-    def _component_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def _slot_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, V) component logits and (B, S, 1) "nothing" logits of the 8x8 slots."""
         slots = self.encoder(images).flatten(2).transpose(1, 2)  # (B, S, C), reading order
-        return self.detector(slots)  # (B, S, V)
+        return self.detector(slots), self.nothing_detector(slots)
 
-    def _classify(self, component_logits: torch.Tensor) -> torch.Tensor:
-        probs = torch.sigmoid(component_logits)
+    def _component_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self._slot_logits(images)[0]
+
+    def _classify(self, component_logits: torch.Tensor, nothing_logits: torch.Tensor) -> torch.Tensor:
+        slot_logits = torch.cat([component_logits, nothing_logits], dim=2) * self.mixture_scale
+        weights = torch.softmax(slot_logits, dim=2)
         codes = self.embedding if isinstance(self.projection, nn.Identity) else self.codes
-        x, _ = self.lstm(self.embedding_norm(self.projection(probs @ codes)))
+        mixture = self.projection(weights[:, :, :-1] @ codes) + weights[:, :, -1:] * self.nothing_embedding
+        x, _ = self.lstm(self.embedding_norm(mixture))
         weights = torch.softmax(self.attention_score(x), dim=1)  # (B, S, 1)
         return self.head((weights * x).sum(dim=1))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self._classify(self._component_logits(images))
+        return self._classify(*self._slot_logits(images))
 
     def predict_components(self, images: torch.Tensor) -> torch.Tensor:
         (x,) = self.extract_features(images)
@@ -180,8 +196,8 @@ class RadicalAttentionRNN(_ComponentModel):
         self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         (x,) = self.extract_features(images)
-        component_logits = self._component_logits(x)
-        logits = self._classify(component_logits)
+        component_logits, nothing_logits = self._slot_logits(x)
+        logits = self._classify(component_logits, nothing_logits)
         class_loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         component_loss = F.binary_cross_entropy_with_logits(
             component_logits.amax(dim=1), self.component_targets[labels]
