@@ -118,9 +118,11 @@ def test_model_overfits_a_tiny_batch(name: str, batch) -> None:
 def test_radical_losses_report_the_component_term(batch) -> None:
     images, labels = batch
     for name in ("radical_attn_rnn", "radical_rnn"):
-        loss, _, extras = build(name).training_loss(images, labels)
+        model = build(name)
+        loss, _, extras = model.training_loss(images, labels)
         assert set(extras) == {"class_loss", "component_loss"}
-        assert loss.item() == pytest.approx(extras["class_loss"] + extras["component_loss"], rel=1e-5)
+        expected = extras["class_loss"] + model.component_weight * extras["component_loss"]
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("encoding", ["one_hot", "binary_tree", "learned"])

@@ -31,10 +31,10 @@ class GridRNN(RecognitionModel):
         super().__init__(num_classes)
         self.grid = grid
         # The four raw statistics are small (a cell's mean ink is ~0.1) and mostly zero on background
-        # cells; fed raw they left the LSTM near chance for the first epochs. BatchNorm standardises
-        # them with statistics learned in training (constants in the exported graph), and LayerNorm
-        # keeps the LSTM's input on a unit scale.
-        self.cell_norm = nn.BatchNorm1d(4)
+        # cells; fed raw they left the LSTM near chance for the first epochs. Each statistic is
+        # standardised over the image's own cells (per sample, so no batch or rank dependence and
+        # batch 1 behaves like training), and LayerNorm keeps the LSTM's input on a unit scale.
+        self.cell_norm = nn.InstanceNorm1d(4, affine=True)
         self.embed = nn.Sequential(nn.Linear(4, embed_dim), nn.ReLU(), nn.LayerNorm(embed_dim))
         self.lstm = nn.LSTM(
             embed_dim,
@@ -48,7 +48,7 @@ class GridRNN(RecognitionModel):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         cells = grid_cells(images, self.grid)  # (B, S, 4)
-        # BatchNorm1d wants channels second: standardise the 4 statistics over batch and cells.
+        # InstanceNorm1d wants channels second: standardise each of the 4 statistics over the cells.
         cells = self.cell_norm(cells.transpose(1, 2)).transpose(1, 2)
         out, _ = self.lstm(self.embed(cells))
         return self.head(out.mean(dim=1))

@@ -1,10 +1,11 @@
 """The two radical (component) models, supervised by KanjiVG decompositions (``decompose.py``).
 
 ``radical_attn_rnn`` (seed section 2, ``train_radical_rnn.py``): a CNN encoder turns the
-image into an 8x8 grid of slots; a component detector gives each slot sigmoid probabilities
-over the component vocabulary (multi-label: a slot can hold 言 and the 口 inside it); each
-slot's component embedding is ``probabilities @ code matrix`` (encoding ``one_hot``,
-``binary_tree`` or ``learned``, then a linear projection for the fixed codes); a BiLSTM with
+image into an 8x8 grid of slots; a component detector gives each slot logits over the
+component vocabulary (multi-label: a slot can hold 言 and the 口 inside it); each slot's
+component embedding is ``softmax(scale * [logits, nothing]) @ code matrix`` (encoding
+``one_hot``, ``binary_tree`` or ``learned``, then a linear projection for the fixed codes;
+"nothing" is an extra detector output with its own learned embedding); a BiLSTM with
 additive attention reads the 64 slots in reading order; a linear head gives the class. The
 component loss is binary cross-entropy between the max over slots of the detector's logits
 and the class's multi-hot decomposition (multiple-instance learning: a component must fire
