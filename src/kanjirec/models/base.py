@@ -121,6 +121,18 @@ def _lstm_flops(lstm: nn.LSTM, inputs: torch.Tensor) -> int:
     return total
 
 
+def bilstm(input_size: int, hidden_size: int, num_layers: int, dropout: float) -> nn.LSTM:
+    """The batch-first bidirectional LSTM the RNN models share (dropout only between layers)."""
+    return nn.LSTM(
+        input_size,
+        hidden_size,
+        num_layers,
+        batch_first=True,
+        bidirectional=True,
+        dropout=dropout if num_layers > 1 else 0.0,
+    )
+
+
 def count_flops(model: RecognitionModel, batch: int = 1, image_size: int = 64) -> int:
     """Forward FLOPs of one batch of blank-free random images, feature extraction excluded.
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from kanjirec.data.sequences import grid_cells
 from kanjirec.models import register_model
-from kanjirec.models.base import RecognitionModel
+from kanjirec.models.base import RecognitionModel, bilstm
 
 
 @register_model("basic_rnn")
@@ -36,14 +36,7 @@ class GridRNN(RecognitionModel):
         # batch 1 behaves like training), and LayerNorm keeps the LSTM's input on a unit scale.
         self.cell_norm = nn.InstanceNorm1d(4, affine=True)
         self.embed = nn.Sequential(nn.Linear(4, embed_dim), nn.ReLU(), nn.LayerNorm(embed_dim))
-        self.lstm = nn.LSTM(
-            embed_dim,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:

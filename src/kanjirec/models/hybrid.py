@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kanjirec.models import register_model
-from kanjirec.models.base import RecognitionModel
+from kanjirec.models.base import RecognitionModel, bilstm
 
 
 @register_model("hybrid_cnn_rnn")
@@ -44,14 +44,7 @@ class HybridCNNRNN(RecognitionModel):
             in_ch = out_ch
         self.backbone = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(4))
         self.global_proj = nn.Sequential(nn.Linear(in_ch, global_dim), nn.ReLU(inplace=True))
-        self.lstm = nn.LSTM(
-            in_ch,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = bilstm(in_ch, hidden_size, num_layers, dropout)
         self.head = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(global_dim + 2 * hidden_size, head_hidden),

@@ -44,7 +44,7 @@ from kanjirec.decompose import (
     unpack_strings,
 )
 from kanjirec.models import register_model
-from kanjirec.models.base import RecognitionModel, conv_bn_relu
+from kanjirec.models.base import RecognitionModel, bilstm, conv_bn_relu
 
 
 def _encoder(channels: Sequence[int]) -> nn.Sequential:
@@ -156,14 +156,7 @@ class RadicalAttentionRNN(_ComponentModel):
         # A mixture of few confident components has a small norm; normalising keeps the LSTM's input
         # scale independent of how many components a slot holds.
         self.embedding_norm = nn.LayerNorm(embed_dim)
-        self.lstm = nn.LSTM(
-            embed_dim,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
         self.attention_score = nn.Sequential(
             nn.Linear(2 * hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1)
         )
@@ -239,14 +232,7 @@ class RadicalSequenceRNN(_ComponentModel):
         self.slot_classifier = nn.Linear(detector_hidden, v + 1)  # index v: no further component
         self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
         self.embedding_norm = nn.LayerNorm(embed_dim)
-        self.lstm = nn.LSTM(
-            embed_dim,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def _slot_logits(self, images: torch.Tensor) -> torch.Tensor:
