@@ -1,4 +1,5 @@
-"""Ensembles: probability averaging, fitted weights, the saved manifest, class-list checks."""
+"""Ensembles: probability averaging, calibration and fitted weights, the saved manifest, class-list
+checks, and the single-graph ONNX export."""
 
 import json
 import shutil
@@ -7,23 +8,37 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import CHARS, fixed_logits, save_run, table_with_ranks
+from helpers import CHARS, SMALL, encode_ids, fixed_logits, save_run, table_with_ranks
 from kanjirec.cli import main
-from kanjirec.ensemble import EnsembleModel, build_ensemble, check_same_classes, fit_weights, load_ensemble
+from kanjirec.data.store import DatasetWriter, PackedDataset
+from kanjirec.ensemble import (
+    TEMPERATURES,
+    EnsembleModel,
+    Pooling,
+    build_ensemble,
+    calibrate_temperature,
+    check_same_classes,
+    fit_weights,
+    load_ensemble,
+    save_ensemble,
+)
 from kanjirec.errors import KanjirecError
-from kanjirec.evaluate import evaluate
+from kanjirec.evaluate import evaluate, predict
+from kanjirec.models import create_model
+from kanjirec.recognizer import Recognizer
 
 
 @pytest.mark.usefixtures("fixed_logits_registered")
 def test_ensemble_of_known_logits_gives_the_weighted_average_of_probabilities():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 10, 4)).astype(np.float32) * 3
-    ensemble = EnsembleModel([fixed_logits(a), fixed_logits(b)], [0.25, 0.75], list("abcd"))
+    ensemble = EnsembleModel([fixed_logits(a), fixed_logits(b)], [0.25, 0.75], list("abcd"), [2.0, 0.5])
     images = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
     images[:, 0, 0, 1] = torch.arange(10)  # the stub reads the sample id from this pixel
     probs = torch.softmax(ensemble(images), dim=1).detach().numpy()
     expected = (
-        0.25 * torch.softmax(torch.tensor(a), 1).numpy() + 0.75 * torch.softmax(torch.tensor(b), 1).numpy()
+        0.25 * torch.softmax(torch.tensor(a) / 2.0, 1).numpy()
+        + 0.75 * torch.softmax(torch.tensor(b) / 0.5, 1).numpy()
     )
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
 
@@ -40,6 +55,117 @@ def test_fit_weights_minimises_nll_and_favours_the_more_accurate_member():
 
     grid = np.linspace(0, 1, 1001)
     assert nll(w[1]) <= min(nll(x) for x in grid) + 1e-6
+
+
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_calibration_recovers_the_temperature_of_over_and_under_confident_members():
+    # Labels drawn from softmax(z): z itself is calibrated, so a member emitting z * s needs T = s.
+    rng = np.random.default_rng(0)
+    n, c = 4000, 8
+    z = rng.normal(size=(n, c)).astype(np.float32) * 2
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    labels = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    scales = {"under": 0.3, "calibrated": 1.0, "over": 3.0}
+    models = {k: fixed_logits(z * s) for k, s in scales.items()}
+    pred = predict(
+        models, encode_ids(np.arange(n)), np.arange(n), {k: labels for k in models}, temperatures=TEMPERATURES
+    )
+    for name, s in scales.items():
+        t = TEMPERATURES[calibrate_temperature(pred[name].target_logp_t)]
+        assert t == pytest.approx(s, rel=0.1), name
+
+
+@pytest.fixture()
+def complementary_dataset(tmp_path):
+    """600 samples (5 characters x 120 writers, one each per writer), writer-disjoint split."""
+    chars = [c for _ in range(120) for c in CHARS]
+    writers = [f"T/w{i}" for i in range(120) for _ in CHARS]
+    w = DatasetWriter(tmp_path / "comp", image_size=16)
+    w.add(encode_ids(np.arange(len(chars))), chars, writers, "T")
+    return PackedDataset.open(w.finish(split="writer", fractions=(0.4, 0.3, 0.3), seed=0))
+
+
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_fitted_weights_keep_an_under_confident_member_that_is_right_where_the_other_is_wrong(
+    complementary_dataset, tmp_path
+):
+    # 'sharp' is right on 2 samples in 3 with confident logits; 'timid' is right on a different
+    # 2 in 3, but its logits are scaled down 8x, as label smoothing leaves real members. The
+    # uncalibrated probabilities say timid knows little; calibration shows it knows as much.
+    ds, classes = complementary_dataset, list(CHARS)
+    n, rows = len(ds), np.arange(len(ds))
+    truth = np.array([classes.index(ds.classes[k]) for k in ds.labels])
+    wrong = (truth + 1 + np.random.default_rng(0).integers(0, 4, n)) % 5  # the top class when wrong
+    other = (wrong + 1) % 5  # the runner-up when right: never the class the other member wrongly picks
+    other = np.where(other == truth, (other + 1) % 5, other)
+
+    def table(right: np.ndarray) -> np.ndarray:
+        t = np.zeros((n, 5), np.float32)
+        t[rows, np.where(right, truth, wrong)] = 4
+        t[rows, np.where(right, other, truth)] = 2
+        return t
+
+    sharp = table(rows % 3 != 0)
+    timid = table(rows % 3 != 2) / 8
+    runs = [
+        save_run(tmp_path / "sharp", fixed_logits(sharp), classes),
+        save_run(tmp_path / "timid", fixed_logits(timid), classes),
+    ]
+    report = build_ensemble(runs, ds.path, tmp_path / "ens.json", latency_runs=2)
+    temps, weights = report["temperatures"]["fitted"], report["weights"]["fitted"]
+    assert temps["timid"] == pytest.approx(temps["sharp"] / 8, rel=0.15)
+    assert 0.3 < weights["timid"] < 0.7
+    acc = report["accuracy"]
+    assert acc["ensemble-fitted"]["top1"] > max(acc["sharp"]["top1"], acc["timid"]["top1"])
+    # Plain averaging of the raw probabilities follows the confident member alone.
+    assert acc["ensemble-mean"]["top1"] == pytest.approx(acc["sharp"]["top1"])
+    # Chosen on the validation split, never on test: the fitted pooling is kept there too.
+    assert report["fit_top1"]["fitted"] > report["fit_top1"]["mean"]
+    assert (
+        report["weighting"] == "fitted" and load_ensemble(tmp_path / "ens.json")[1]["weighting"] == "fitted"
+    )
+
+
+def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, capsys):
+    classes = list("明林語川")
+    configs = {
+        "cnn": ("cnn", SMALL["cnn"]),
+        "contour": ("stroke_rnn", SMALL["stroke_rnn"]),
+        "skeleton": ("stroke_rnn", {**SMALL["stroke_rnn"], "extractor": "skeleton"}),
+    }
+    torch.manual_seed(0)
+    paths = [
+        save_run(tmp_path / name, create_model(model, len(classes), classes=classes, **cfg), classes)
+        for name, (model, cfg) in configs.items()
+    ]
+    manifest = save_ensemble(
+        tmp_path / "ens.json",
+        paths,
+        Pooling(np.array([0.5, 0.3, 0.2]), np.array([0.7, 1.5, 1.0])),
+        classes,
+        weighting="fitted",
+    )
+    out = tmp_path / "ens.onnx"
+    assert main(["export", str(manifest), "--out", str(out)]) == 0
+    assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
+
+    recognizer = Recognizer.load(out)
+    assert recognizer.preprocessing == "images,strokes:contour:30,strokes:skeleton:30"
+    assert [i.name for i in recognizer.session.get_inputs()] == [
+        "images",
+        "strokes",
+        "lengths",
+        "strokes_2",
+        "lengths_2",
+    ]
+    rng = np.random.default_rng(1)
+    images = ((rng.random((5, 8, 8)) > 0.6) * 255).astype(np.uint8).repeat(8, 1).repeat(8, 2)
+    model, _ = load_ensemble(manifest)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)[:, None]).numpy()
+    np.testing.assert_allclose(recognizer.logits(images), expected, atol=1e-4, rtol=0)
+    # The ensemble's log-probabilities are read as logits: its probabilities come back.
+    np.testing.assert_allclose(recognizer.probabilities(images), np.exp(expected), atol=1e-5, rtol=0)
 
 
 @pytest.fixture()

@@ -288,9 +288,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the ensemble manifest to write (.json)")
     p.add_argument(
         "--weighting",
-        choices=["fitted", "mean"],
-        default="fitted",
-        help="fitted: weights minimising NLL on --fit-split (L-BFGS); mean: equal weights",
+        choices=["best", "fitted", "mean"],
+        default="best",
+        help="fitted: members calibrated by temperature, then weights minimising NLL on --fit-split "
+        "(L-BFGS); mean: equal weights, raw probabilities; best: whichever of the two is more "
+        "accurate on --fit-split",
     )
     p.add_argument("--fit-split", choices=["train", "val", "test"], default="val")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score on")
@@ -308,6 +310,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_data(bsub)
     _add_bench_synth(bsub)
     _add_bench_train(bsub)
+    _add_bench_compare(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -392,21 +395,52 @@ def _add_bench_train(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_bench_compare(bsub: argparse._SubParsersAction) -> None:
+    """`bench compare`: the time `kanjirec compare` takes for six default-size models on ~30,000 images."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.compare import bench_compare
+
+        bench_compare(data=a.data, per_class=a.per_class, workers=a.workers, workdir=a.workdir)
+
+    p = bsub.add_parser(
+        "compare", help="time `kanjirec compare` on a 3,036-class test split (untrained default-size models)"
+    )
+    p.add_argument("--data", type=Path, help="a packed dataset (default: synthesise ETL9G, --per-class each)")
+    p.add_argument("--per-class", type=int, default=100, help="synthetic samples per class (default 100)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the synthesis")
+    p.add_argument(
+        "--workdir", type=Path, help="where the temporary data and runs go (default: the system's)"
+    )
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- export
 
 
 def _export(a: argparse.Namespace) -> None:
-    from kanjirec.checkpoint import load_model
+    from kanjirec.ensemble import is_ensemble_file, load_ensemble
     from kanjirec.export import export_onnx
 
-    model, info = load_model(a.run)
-    out = export_onnx(model, a.out, classes=info.classes)
-    print(f"wrote {out} ({info.model_name}, {len(info.classes):,} classes; ONNX Runtime matches PyTorch)")
+    if is_ensemble_file(a.run):
+        model, info = load_ensemble(a.run)
+        name, classes = info["name"], info["classes"]
+    else:
+        from kanjirec.checkpoint import load_model
+
+        model, ckpt = load_model(a.run)
+        name, classes = ckpt.model_name, ckpt.classes
+    out = export_onnx(model, a.out, classes=classes)
+    print(f"wrote {out} ({name}, {len(classes):,} classes; ONNX Runtime matches PyTorch)")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model to ONNX (checked against PyTorch)")
-    p.add_argument("run", type=Path, help="a run directory or a checkpoint file")
+    p = sub.add_parser(
+        "export", help="export a trained model or an ensemble to ONNX (checked against PyTorch)"
+    )
+    p.add_argument(
+        "run", type=Path, help="a run directory, a checkpoint file or an ensemble manifest (.json)"
+    )
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p.set_defaults(func=_export)
 

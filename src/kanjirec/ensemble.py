@@ -1,11 +1,17 @@
 """Ensembles of trained models, across model types.
 
 An ensemble averages its members' class probabilities, uniformly ("mean") or with
-weights fitted on the validation split ("fitted"): the weights are a softmax of free
-parameters, optimised by L-BFGS to minimise the ensemble's negative log-likelihood
-of the true class. Because the ensemble probability of the true class is the
-weighted sum of the members' probabilities of it, the fit needs only one number
-per member per validation sample.
+weights fitted on the validation split ("fitted"). Fitting has two steps:
+
+1. each member is calibrated by a temperature (its logits are divided by T before the
+   softmax), the T minimising its own negative log-likelihood on the validation split.
+   Without it the weights follow confidence, not skill: members trained with label
+   smoothing are under-confident, and an uncalibrated fit hands all weight to one of them;
+2. the weights, a softmax of free parameters, are optimised by L-BFGS to minimise the
+   ensemble's negative log-likelihood of the true class over the calibrated members.
+   Because the ensemble probability of the true class is the weighted sum of the
+   members' probabilities of it, the fit needs one number per member per sample (and
+   step 1 one per temperature of a fixed grid), never full logits.
 
 A saved ensemble is a small JSON manifest: the member checkpoints' paths (relative
 to the manifest, so the folder can move as a whole), the weights and the class
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,36 +36,115 @@ from torch import nn
 from kanjirec.errors import CheckpointError, KanjirecError
 
 FORMAT = "kanjirec-ensemble"
-VERSION = 1
-WEIGHTINGS = ("fitted", "mean")
+# Version 2 added per-member temperatures; a version-1 manifest had none, i.e. all 1.
+VERSION = 2
+# "best": fit, then keep whichever of the fitted and the plain mean is more accurate on the fit split.
+WEIGHTINGS = ("best", "fitted", "mean")
+# Calibration temperatures tried: 0.05 to 20, log-spaced, 8% apart (NLL is flat near its minimum).
+TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 79)).astype(np.float32)
 
 
-def combine_logits(logits: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """log(sum_m w_m softmax(logits_m)): the ensemble's log-probabilities, usable as logits."""
-    log_probs = torch.stack([torch.log_softmax(z.float(), dim=1) for z in logits])  # (M, B, C)
+@dataclass(frozen=True)
+class Pooling:
+    """How an ensemble combines its members: weights (summing to 1) and a temperature per member."""
+
+    weights: np.ndarray
+    temperatures: np.ndarray
+
+    @classmethod
+    def mean(cls, members: int) -> Pooling:
+        return cls(np.full(members, 1 / members), np.ones(members))
+
+
+def combine_logits(
+    logits: Sequence[torch.Tensor], weights: torch.Tensor, temperatures: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log(sum_m w_m softmax(logits_m / T_m)): the ensemble's log-probabilities, usable as logits."""
+    if temperatures is None:
+        temperatures = torch.ones(len(logits))
+    log_probs = torch.stack(
+        [torch.log_softmax(z.float() / t, dim=1) for z, t in zip(logits, temperatures.float(), strict=True)]
+    )  # (M, B, C)
     log_w = torch.log(weights.to(log_probs.dtype).clamp(min=1e-30))[:, None, None]
     return torch.logsumexp(log_probs + log_w, dim=0)
 
 
 class EnsembleModel(nn.Module):
-    """Weighted average of member probabilities; forward returns log-probabilities as logits."""
+    """Weighted average of calibrated member probabilities; forward returns log-probabilities as logits.
+
+    It has the two halves of `RecognitionModel`'s forward pass, so the one exporter writes it as a
+    single ONNX graph: its inputs are the distinct inputs its members' graphs take (``images``, and
+    ``strokes``/``lengths`` for a stroke member), each computed once."""
 
     name = "ensemble"
 
-    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float], classes: Sequence[str]):
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        weights: Sequence[float],
+        classes: Sequence[str],
+        temperatures: Sequence[float] | None = None,
+    ):
         super().__init__()
         if len(members) != len(weights):
             raise ValueError(f"{len(members)} members but {len(weights)} weights")
         w = torch.as_tensor(np.asarray(weights, np.float64), dtype=torch.float32)
         if bool((w < 0).any()) or not torch.isclose(w.sum(), torch.tensor(1.0), atol=1e-4):
             raise ValueError(f"ensemble weights must be non-negative and sum to 1, got {list(weights)}")
+        t = torch.ones(len(members)) if temperatures is None else torch.as_tensor(temperatures).float()
+        if t.shape != (len(members),) or not bool((t > 0).all()):
+            raise ValueError(f"need one positive temperature per member, got {list(map(float, t))}")
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", w)
+        self.register_buffer("temperatures", t)
         self.classes = list(classes)
         self.num_classes = len(classes)
+        # The distinct graph inputs, in order of first use; member m reads inputs self._slots[m].
+        kinds = [getattr(m, "feature_kind", "images") for m in members]
+        self.feature_kinds = list(dict.fromkeys(kinds))
+        self.feature_kind = ",".join(self.feature_kinds)
+        self._kind_members = [kinds.index(k) for k in self.feature_kinds]
+        sizes = [
+            len(members[m].feature_names()) if hasattr(members[m], "feature_names") else 1
+            for m in self._kind_members
+        ]
+        offsets = np.cumsum([0, *sizes])
+        self._slots = [
+            tuple(range(offsets[self.feature_kinds.index(k)], offsets[self.feature_kinds.index(k) + 1]))
+            for k in kinds
+        ]
+
+    @property
+    def config(self) -> dict:
+        return {
+            "members": [{"model": m.name, "config": getattr(m, "config", {})} for m in self.members],
+            "weights": [float(w) for w in self.weights],
+            "temperatures": [float(t) for t in self.temperatures],
+        }
+
+    def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(f for m in self._kind_members for f in self.members[m].extract_features(images))
+
+    def feature_names(self) -> tuple[str, ...]:
+        names = [n for m in self._kind_members for n in self.members[m].feature_names()]
+        # Two stroke members with different extractors would both name their inputs "strokes".
+        seen: dict[str, int] = {}
+        out = []
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+            out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+        return tuple(out)
+
+    def forward_features(self, *features: torch.Tensor) -> torch.Tensor:
+        logits = [
+            m.forward_features(*(features[i] for i in slots))
+            for m, slots in zip(self.members, self._slots, strict=True)
+        ]
+        return combine_logits(logits, self.weights, self.temperatures)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return combine_logits([m(images) for m in self.members], self.weights)
+        # Members called whole: an ONNX-file member (evaluate.OnnxModel) has no feature halves.
+        return combine_logits([m(images) for m in self.members], self.weights, self.temperatures)
 
 
 def check_same_classes(classes_by_member: Mapping[str, Sequence[str]]) -> list[str]:
@@ -81,6 +168,19 @@ def check_same_classes(classes_by_member: Mapping[str, Sequence[str]]) -> list[s
                 f"{name} has {len(classes)}; {detail}"
             )
     return list(first)
+
+
+def calibrate_temperature(target_logp_t: np.ndarray, temperatures: np.ndarray = TEMPERATURES) -> int:
+    """Index into ``temperatures`` of the one with the lowest negative log-likelihood.
+
+    ``target_logp_t``: (n_samples, n_temperatures), the true class's log-probability at each
+    temperature (`evaluate.predict(..., temperatures=...)`). A grid end is a real answer: on a
+    split the member classifies perfectly, NLL keeps falling as T falls.
+    """
+    lp = np.asarray(target_logp_t, np.float64)
+    if lp.ndim != 2 or lp.shape[0] == 0 or lp.shape[1] != len(temperatures):
+        raise ValueError(f"need (samples, {len(temperatures)}) log-probabilities, got shape {lp.shape}")
+    return int(np.argmin(-lp.mean(axis=0)))
 
 
 def fit_weights(target_probs: np.ndarray, max_iter: int = 200) -> np.ndarray:
@@ -129,7 +229,7 @@ def _manifest_path(path: str | Path) -> Path:
 def save_ensemble(
     path: str | Path,
     member_paths: Sequence[str | Path],
-    weights: Sequence[float],
+    pooling: Pooling,
     classes: Sequence[str],
     *,
     weighting: str,
@@ -148,7 +248,8 @@ def save_ensemble(
         "format": FORMAT,
         "version": VERSION,
         "weighting": weighting,
-        "weights": [float(w) for w in weights],
+        "weights": [float(w) for w in pooling.weights],
+        "temperatures": [float(t) for t in pooling.temperatures],
         "members": members,
         "classes": list(classes),
         "metrics": metrics or {},
@@ -166,14 +267,16 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable ensemble manifest ({e})") from e
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in (1, VERSION):
         raise CheckpointError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
-            f"expected {FORMAT!r} version {VERSION}"
+            f"expected {FORMAT!r} version 1 or {VERSION}"
         )
-    for key in ("weights", "members", "classes"):
+    required = ("weights", "members", "classes") + (("temperatures",) if manifest["version"] >= 2 else ())
+    for key in required:
         if key not in manifest:
             raise CheckpointError(f"{path}: ensemble manifest lacks the field {key!r}")
+    temperatures = manifest.get("temperatures", [1.0] * len(manifest["members"]))  # version 1: none
     members = []
     for m in manifest["members"]:
         member_path = (path.parent / m["path"]).resolve()
@@ -186,12 +289,18 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
                 "built with (was it retrained?)"
             )
         members.append(lm)
-    model = EnsembleModel([lm.model for lm in members], manifest["weights"], manifest["classes"]).eval()
+    try:
+        model = EnsembleModel(
+            [lm.model for lm in members], manifest["weights"], manifest["classes"], temperatures
+        ).eval()
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
     info = {
         "name": f"ensemble({'+'.join(lm.name for lm in members)})",
         "model": "ensemble",
         "classes": manifest["classes"],
         "weights": manifest["weights"],
+        "temperatures": temperatures,
         "weighting": manifest.get("weighting"),
         "members": [str(lm.path) for lm in members],
         "metrics": manifest.get("metrics", {}),
@@ -207,7 +316,7 @@ def build_ensemble(
     data: str | Path,
     out: str | Path,
     *,
-    weighting: str = "fitted",
+    weighting: str = "best",
     fit_split: str = "val",
     test_split: str = "test",
     batch_size: int | None = None,
@@ -216,8 +325,10 @@ def build_ensemble(
 ) -> dict:
     """Fit weights on ``fit_split``, save the ensemble to ``out`` and report, on ``test_split``,
     every member, the mean and the fitted ensemble, the gain over the best single member and
-    the latency cost. ``threads``: torch threads for the passes; None picks 1 or torch's count
-    from the members' measured throughputs (`evaluate.choose_threads`)."""
+    the latency cost. ``weighting`` "best" saves the fitted or the mean pooling, whichever is
+    more accurate on ``fit_split`` (a second pass over it; the test split never chooses).
+    ``threads``: torch threads for the passes; None picks 1 or torch's count from the members'
+    measured throughputs (`evaluate.choose_threads`)."""
     from kanjirec.data.store import PackedDataset
     from kanjirec.evaluate import (
         BATCH_SIZE,
@@ -243,15 +354,21 @@ def build_ensemble(
     sample = ds.images[test_idx[:64]]
     speed = {n: measure_speed(m, sample, runs=latency_runs) for n, m in models.items()}
     with torch_threads(threads if threads is not None else choose_threads(list(speed.values()))):
-        weights, test_pred, mapping = _fit_and_test(
+        poolings, fit_top1, test_pred, mapping = _fit_and_test(
             models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size or BATCH_SIZE
         )
 
     accuracy = {name: topk_accuracy(p) for name, p in test_pred.items()}
     best = max(names, key=lambda n: accuracy[n]["top1"])
-    chosen = f"ensemble-{weighting}"
+    kept = weighting
+    if weighting == "best":
+        kept = "fitted" if fit_top1["fitted"] > fit_top1["mean"] else "mean"
+    chosen = f"ensemble-{kept}"
+    pooling = poolings[kept]
 
-    ensemble_model = EnsembleModel(list(models.values()), weights[weighting], classes).eval()
+    ensemble_model = EnsembleModel(
+        list(models.values()), pooling.weights, classes, pooling.temperatures
+    ).eval()
     best_speed = speed[best]
     ens_speed = measure_speed(ensemble_model, sample, runs=latency_runs)
     report = {
@@ -259,9 +376,14 @@ def build_ensemble(
         "test_split": test_split,
         "test_samples": int(len(test_idx)),
         "unknown_samples": mapping.unknown_count,
-        "weighting": weighting,
-        "fit_split": fit_split if weighting == "fitted" else None,
-        "weights": {k: dict(zip(names, map(float, w), strict=True)) for k, w in weights.items()},
+        "weighting": kept,
+        "requested_weighting": weighting,
+        "fit_split": fit_split if weighting != "mean" else None,
+        "fit_top1": fit_top1,
+        "weights": {k: dict(zip(names, map(float, p.weights), strict=True)) for k, p in poolings.items()},
+        "temperatures": {
+            k: dict(zip(names, map(float, p.temperatures), strict=True)) for k, p in poolings.items()
+        },
         "accuracy": accuracy,
         "best_single": best,
         "gain_top1": accuracy[chosen]["top1"] - accuracy[best]["top1"],
@@ -273,9 +395,9 @@ def build_ensemble(
     save_ensemble(
         out,
         [lm.path for lm in loaded],
-        weights[weighting],
+        pooling,
         classes,
-        weighting=weighting,
+        weighting=kept,
         member_names=names,
         metrics=report,
     )
@@ -283,12 +405,14 @@ def build_ensemble(
 
 
 def _fit_and_test(models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size):
-    """Weights (mean, and fitted on ``fit_split`` if asked) and the test-split predictions of every
-    member and of each weighting's ensemble."""
-    from kanjirec.evaluate import map_classes, predict
+    """The poolings (mean, and fitted on ``fit_split`` unless only the mean is asked for), their
+    top-1 on ``fit_split`` where measured, and the test-split predictions of every member and of
+    each pooling's ensemble."""
+    from kanjirec.evaluate import map_classes, predict, topk_accuracy
 
-    weights = {"mean": np.full(len(models), 1 / len(models))}
-    if weighting == "fitted":
+    poolings = {"mean": Pooling.mean(len(models))}
+    fit_top1: dict[str, float] = {}
+    if weighting != "mean":
         fit_idx = ds.indices(fit_split)
         fit_t = map_classes(ds.classes, classes, ds.labels[fit_idx]).targets
         known = fit_t >= 0
@@ -297,16 +421,41 @@ def _fit_and_test(models, ds, classes, weighting, fit_split, test_idx, test_spli
                 f"{ds.path}: no {fit_split} sample has a character the ensemble knows; fitted weights need "
                 f"them (use weighting 'mean')"
             )
+        targets = {n: fit_t for n in models}
         fit_pred = predict(
             models,
             ds.images,
             fit_idx,
-            {n: fit_t for n in models},
+            targets,
             batch_size=batch_size,
+            temperatures=TEMPERATURES,
+            ensembles={"mean": poolings["mean"]},
             desc=f"fit on {fit_split}",
         )
-        target_probs = np.stack([fit_pred[n].target_prob[known] for n in models], axis=1)
-        weights["fitted"] = fit_weights(target_probs)
+        best_t = [calibrate_temperature(fit_pred[n].target_logp_t[known]) for n in models]
+        for n, t in zip(models, best_t, strict=True):
+            if t in (0, len(TEMPERATURES) - 1):
+                warnings.warn(
+                    f"ensemble: {n}'s calibration stopped at the end of the temperature range "
+                    f"(T = {TEMPERATURES[t]:.3g}); on {fit_split} its NLL keeps falling beyond it",
+                    stacklevel=2,
+                )
+        target_probs = np.stack(
+            [np.exp(fit_pred[n].target_logp_t[known, t]) for n, t in zip(models, best_t, strict=True)], axis=1
+        )
+        poolings["fitted"] = Pooling(fit_weights(target_probs), TEMPERATURES[best_t].astype(np.float64))
+        fit_top1["mean"] = topk_accuracy(fit_pred["mean"])["top1"]
+        if weighting == "best":
+            check = predict(
+                models,
+                ds.images,
+                fit_idx,
+                targets,
+                batch_size=batch_size,
+                ensembles={"fitted": poolings["fitted"]},
+                desc=f"score the fitted weights on {fit_split}",
+            )
+            fit_top1["fitted"] = topk_accuracy(check["fitted"])["top1"]
 
     mapping = map_classes(ds.classes, classes, ds.labels[test_idx])
     test_pred = predict(
@@ -315,25 +464,32 @@ def _fit_and_test(models, ds, classes, weighting, fit_split, test_idx, test_spli
         test_idx,
         {n: mapping.targets for n in models},
         batch_size=batch_size,
-        ensembles={f"ensemble-{k}": w for k, w in weights.items()},
+        ensembles={f"ensemble-{k}": p for k, p in poolings.items()},
         desc=f"evaluate on {test_split}",
     )
-    return weights, test_pred, mapping
+    return poolings, fit_top1, test_pred, mapping
 
 
 def ensemble_markdown(r: dict) -> str:
+    fit = r.get("fit_top1", {})
+    how = f"{r['weighting']} weights"
+    if r.get("requested_weighting") == "best":
+        scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in fit.items())
+        how += f", the more accurate pooling on the {r['fit_split']} split ({scores})"
+    elif r["weighting"] == "fitted":
+        how += f", calibrated and fitted on the {r['fit_split']} split"
     lines = [
-        f"Ensemble saved to {r['path']} ({r['weighting']} weights"
-        + (f", fitted on the {r['fit_split']} split" if r["fit_split"] else "")
-        + f"); {r['test_split']} split, {r['test_samples']:,} samples.",
+        f"Ensemble saved to {r['path']} ({how}); {r['test_split']} split, {r['test_samples']:,} samples.",
         "",
-        "| model | top-1 | top-5 | weight (fitted) |",
-        "|---|---|---|---|",
+        "| model | top-1 | top-5 | temperature (fitted) | weight (fitted) |",
+        "|---|---|---|---|---|",
     ]
     fitted = r["weights"].get("fitted", {})
+    temps = r.get("temperatures", {}).get("fitted", {})
     for name, acc in r["accuracy"].items():
         w = f"{fitted[name]:.3f}" if name in fitted else ""
-        lines.append(f"| {name} | {100 * acc['top1']:.2f}% | {100 * acc['top5']:.2f}% | {w} |")
+        t = f"{temps[name]:.2f}" if name in temps else ""
+        lines.append(f"| {name} | {100 * acc['top1']:.2f}% | {100 * acc['top5']:.2f}% | {t} | {w} |")
     chosen = f"ensemble-{r['weighting']}"
     lines += [
         "",

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,14 +38,20 @@ from tqdm import tqdm
 
 from kanjirec.errors import KanjirecError
 
+if TYPE_CHECKING:
+    from kanjirec.ensemble import Pooling
+
 TOP_K = 5
 ECE_BINS = 15
 # Measured on a 2-core AVX-512 Xeon, one thread: batch 64 is 15-50% faster per image than 256 for
 # every model (activations of a 256-image batch exceed glibc's mmap threshold and are page-faulted
 # afresh on every call).
 BATCH_SIZE = 64
-# 33 distortion sets x 500 samples cost about half a clean pass over a 30,000-sample test split.
-DEFAULT_ROBUSTNESS_SAMPLES = 500
+# The robustness suite runs 33 distortion sets on one fixed subsample. 200 samples per set keep a
+# full comparison (six default-size models, a 31,879-image test split) under 10 minutes on 2 cores
+# (`kanjirec bench compare`): the suite then costs about a quarter of the clean pass. The score
+# (accuracy relative to clean, on the same samples) averages 33 x 200 = 6,600 predictions.
+DEFAULT_ROBUSTNESS_SAMPLES = 200
 ROBUSTNESS_SEED = 1234
 
 
@@ -230,6 +237,9 @@ class Predictions:
     topk_prob: np.ndarray  # float32 (n, k)
     target_prob: np.ndarray  # float32 (n,), probability of the true class; 0 where the target is unknown
     targets: np.ndarray  # int64 (n,), model class index of the true class, -1 if the model lacks it
+    # float32 (n, T): log-probability of the true class with the logits divided by each of the
+    # ``temperatures`` given to `predict` (0 where the target is unknown); None if none were given.
+    target_logp_t: np.ndarray | None = None
 
     @property
     def known(self) -> np.ndarray:
@@ -242,18 +252,26 @@ class Predictions:
 
     def subset(self, rows: np.ndarray) -> Predictions:
         return Predictions(
-            self.topk_idx[rows], self.topk_prob[rows], self.target_prob[rows], self.targets[rows]
+            self.topk_idx[rows],
+            self.topk_prob[rows],
+            self.target_prob[rows],
+            self.targets[rows],
+            None if self.target_logp_t is None else self.target_logp_t[rows],
         )
 
 
 class _Accumulator:
-    def __init__(self, targets: np.ndarray, k: int):
+    def __init__(self, targets: np.ndarray, k: int, temperatures: np.ndarray | None = None):
         n = len(targets)
         self.targets = np.asarray(targets, np.int64)
         self.k = k
         self.topk_idx = np.empty((n, k), np.int32)
         self.topk_prob = np.empty((n, k), np.float32)
         self.target_prob = np.zeros(n, np.float32)
+        self.temperatures = (
+            None if temperatures is None else torch.as_tensor(temperatures, dtype=torch.float32)
+        )
+        self.target_logp_t = None if temperatures is None else np.zeros((n, len(temperatures)), np.float32)
 
     def update(self, start: int, logits: torch.Tensor) -> None:
         end = start + len(logits)
@@ -269,9 +287,15 @@ class _Accumulator:
         known = t >= 0
         tp = log_probs.gather(1, t.clamp(min=0)[:, None])[:, 0].exp()
         self.target_prob[start:end] = torch.where(known, tp, torch.zeros_like(tp)).numpy()
+        if self.temperatures is not None:
+            # (T, B, C) at once: a few exps per logit, small next to the forward pass.
+            scaled = logits.float()[None] / self.temperatures[:, None, None]
+            idx = t.clamp(min=0)[None, :, None].expand(len(self.temperatures), -1, 1)
+            lp = scaled.gather(2, idx)[..., 0] - torch.logsumexp(scaled, dim=2)  # (T, B)
+            self.target_logp_t[start:end] = torch.where(known, lp, torch.zeros_like(lp)).T.numpy()
 
     def result(self) -> Predictions:
-        return Predictions(self.topk_idx, self.topk_prob, self.target_prob, self.targets)
+        return Predictions(self.topk_idx, self.topk_prob, self.target_prob, self.targets, self.target_logp_t)
 
 
 def predict(
@@ -285,7 +309,8 @@ def predict(
     seed: int = 0,
     batch_size: int = BATCH_SIZE,
     k: int = TOP_K,
-    ensembles: Mapping[str, np.ndarray] | None = None,
+    ensembles: Mapping[str, Pooling] | None = None,
+    temperatures: np.ndarray | None = None,
     desc: str = "predict",
 ) -> dict[str, Predictions]:
     """Run every model over ``images[indices]`` in batches; one pass serves all models.
@@ -294,18 +319,24 @@ def predict(
     `PackedDataset.images`. ``targets[name]`` holds the model's class index per sample
     (-1: unknown to that model). With a ``distortion`` (an `augment.Distortion`) each
     batch is distorted once, from a generator seeded with ``seed``, and every model
-    sees the same distorted images. ``ensembles`` maps a name to weights over ``models`` (in
+    sees the same distorted images. ``ensembles`` maps a name to an `ensemble.Pooling` over ``models`` (in
     order): each is scored from the members' logits of the same batch, without rerunning them
     (all models must then share one class list; ensembles are scored against the first model's
-    targets). Models run as given, on torch's current threads; `inference_copy` makes them faster.
+    targets). ``temperatures``: also keep, per model, the true class's log-probability at each of
+    these temperatures (`Predictions.target_logp_t`; what calibration needs, without full logits).
+    Models run as given, on torch's current threads; `inference_copy` makes them faster.
     """
     from kanjirec.ensemble import combine_logits
 
     ensembles = {
-        name: torch.as_tensor(np.asarray(w), dtype=torch.float32) for name, w in (ensembles or {}).items()
+        name: (
+            torch.as_tensor(p.weights, dtype=torch.float32),
+            torch.as_tensor(p.temperatures, dtype=torch.float32),
+        )
+        for name, p in (ensembles or {}).items()
     }
     indices = np.asarray(indices, np.int64)
-    acc = {name: _Accumulator(targets[name], k) for name in models}
+    acc = {name: _Accumulator(targets[name], k, temperatures) for name in models}
     first_targets = targets[next(iter(models))]
     acc.update({name: _Accumulator(first_targets, k) for name in ensembles})
     for name in models:
@@ -323,8 +354,8 @@ def predict(
             logits = {name: model(batch) for name, model in models.items()}
             for name, z in logits.items():
                 acc[name].update(start, z)
-            for name, w in ensembles.items():
-                acc[name].update(start, combine_logits(list(logits.values()), w))
+            for name, (w, t) in ensembles.items():
+                acc[name].update(start, combine_logits(list(logits.values()), w, t))
     return {name: a.result() for name, a in acc.items()}
 
 

@@ -2,13 +2,16 @@
 
 The exported graph is ``model.forward_features``: for most models it takes ``images`` (float32
 (B, 1, 64, 64) in [0, 1], ink bright on dark), for the stroke model the extracted ``strokes``
-and ``lengths`` (see ``models/stroke_rnn.py``). The batch axis is dynamic. What a runtime needs
-to use the graph is stored in the ONNX ``metadata_props``:
+and ``lengths`` (see ``models/stroke_rnn.py``). An ensemble (`ensemble.EnsembleModel`) is one
+graph too: its inputs are its members' distinct inputs, its output the ensemble's
+log-probabilities. The batch axis is dynamic. What a runtime needs to use the graph is stored in
+the ONNX ``metadata_props``:
 
     kanjirec.classes        JSON list of the class characters (logit order)
-    kanjirec.preprocessing  the model's ``feature_kind``: "images" or "strokes:<extractor>:<max>"
+    kanjirec.preprocessing  the model's ``feature_kind``: "images" or "strokes:<extractor>:<max>",
+                            or for an ensemble these kinds joined by "," in graph-input order
     kanjirec.image_size     side of the square input images
-    kanjirec.model          registry name; kanjirec.config: JSON of the model config
+    kanjirec.model          registry name or "ensemble"; kanjirec.config: JSON of the model config
 
 The default opset is 18: torch 2.13's exporter implements opset 18 and up, and its down-conversion
 to 17 fails on several of our graphs (ReduceMean/ReduceMax axes), so an opset the written file
@@ -23,12 +26,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from kanjirec.errors import KanjirecError
 from kanjirec.models.base import RecognitionModel
+
+if TYPE_CHECKING:
+    from kanjirec.ensemble import EnsembleModel
 
 META_PREFIX = "kanjirec."
 
@@ -45,7 +52,7 @@ def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.
 
 
 def export_onnx(
-    model: RecognitionModel,
+    model: RecognitionModel | EnsembleModel,
     path: str | Path,
     opset: int = 18,
     classes: Sequence[str] | None = None,
@@ -74,7 +81,7 @@ def export_onnx(
         dynamic_shapes = (tuple({0: batch} for _ in features),)
 
         class _Graph(torch.nn.Module):
-            def __init__(self, inner: RecognitionModel) -> None:
+            def __init__(self, inner: RecognitionModel | EnsembleModel) -> None:
                 super().__init__()
                 self.inner = inner
 

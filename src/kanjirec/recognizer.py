@@ -125,16 +125,27 @@ class Recognizer:
         )
 
     def graph_inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, S, S) uint8 images in the convention -> the graph's named inputs."""
-        if self.preprocessing == "images":
-            return {self._input_names[0]: (images[:, None].astype(np.float32) / 255.0)}
-        kind, extractor, max_strokes = self.preprocessing.split(":")
-        if kind != "strokes":
-            raise RecognizerError(f"unknown preprocessing {self.preprocessing!r} in the ONNX metadata")
+        """(B, S, S) uint8 images in the convention -> the graph's named inputs.
+
+        The preprocessing names one feature step, or (an ensemble) several joined by ",", whose
+        outputs fill the graph inputs in order."""
+        arrays = [a for kind in self.preprocessing.split(",") for a in self._features(kind, images)]
+        if len(arrays) != len(self._input_names):
+            raise RecognizerError(
+                f"{self.path}: preprocessing {self.preprocessing!r} makes {len(arrays)} inputs, "
+                f"the graph takes {len(self._input_names)} ({', '.join(self._input_names)})"
+            )
+        return dict(zip(self._input_names, arrays, strict=True))
+
+    def _features(self, kind: str, images: np.ndarray) -> list[np.ndarray]:
+        if kind == "images":
+            return [images[:, None].astype(np.float32) / 255.0]
+        parts = kind.split(":")
+        if len(parts) != 3 or parts[0] != "strokes":
+            raise RecognizerError(f"{self.path}: unknown preprocessing {kind!r} in the ONNX metadata")
         from kanjirec.data.sequences import extract_strokes
 
-        strokes, lengths = extract_strokes(images, extractor, int(max_strokes))
-        return dict(zip(self._input_names, (strokes, lengths), strict=True))
+        return list(extract_strokes(images, parts[1], int(parts[2])))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, S, S) uint8 images already in the convention -> (B, C) logits."""

@@ -3,9 +3,12 @@
 Everything runs on a generated, spec-conformant ETL9G file (written through the same layout
 table the reader uses), so the figures are reproducible without the real database:
 
-1. a timed plain read of the file (the floor any decoder pays; the file is in the page cache,
-   since dropping the cache needs root, so this is close to memcpy speed);
-2. the vectorised G-type reader (`iter_etl_file`): fields, labels, writer keys and images;
+1. timed plain reads of the file, the floor any decoder pays: from disk (the file's pages
+   dropped from the page cache first with ``posix_fadvise(POSIX_FADV_DONTNEED)``, which needs
+   no root) and from the page cache (close to memcpy speed);
+2. the vectorised G-type reader (`iter_etl_file`): fields, labels, writer keys and images, from
+   disk and from the page cache. The target compares decoding with reading the same bytes from
+   disk; the page-cache ratio is printed beside it as the stricter figure;
 3. a baseline that decodes one record at a time with ``struct`` + Pillow, as AIST's sample
    script does, on a subset whose time per record is extrapolated to the whole file;
 4. a full `prepare_etl` of the file into a packed dataset, with the process's peak resident
@@ -84,6 +87,19 @@ def write_etl9g(path: Path, records: int, seed: int = 0, chunk: int = 2048) -> P
             )
             fh.write(recs.tobytes())
     return path
+
+
+def _drop_from_page_cache(path: Path) -> bool:
+    """Evict the file's (clean) pages from the page cache; False where the OS cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _timed_read(path: Path) -> float:
@@ -180,7 +196,11 @@ def bench_data(
         mb = path.stat().st_size / 1e6
         print(f"generated {path.name}: {records:,} ETL9G records, {mb:,.1f} MB (8,199 B each)")
 
-        _timed_read(path)  # bring the file into the page cache before timing anything
+        cold = _drop_from_page_cache(path)
+        if cold:  # from disk: best of two, each after evicting the file
+            t_read_disk = min(_drop_from_page_cache(path) and _timed_read(path) for _ in range(2))
+            t_dec_disk = min(_drop_from_page_cache(path) and _timed_decode(path)[0] for _ in range(2))
+        _timed_read(path)  # bring the file into the page cache
         t_read = min(_timed_read(path) for _ in range(2))
         t_dec, n = min((_timed_decode(path) for _ in range(2)), key=lambda r: r[0])
         assert n == records, (n, records)
@@ -200,11 +220,21 @@ def bench_data(
             baseline_s=t_base_all,
             baseline_records_s=records / t_base_all,
             speedup=t_base_all / t_dec,
-            decode_over_read=t_dec / t_read,
+            decode_over_read_cached=t_dec / t_read,
         )
+        if cold:
+            figures.update(
+                read_disk_s=t_read_disk, decode_disk_s=t_dec_disk, decode_over_read=t_dec_disk / t_read_disk
+            )
+            print(f"plain read        {t_read_disk:8.3f} s  {mb / t_read_disk:9,.0f} MB/s  (from disk)")
+            print(
+                f"vectorised decode {t_dec_disk:8.3f} s  {mb / t_dec_disk:9,.0f} MB/s  "
+                f"{records / t_dec_disk:11,.0f} records/s  (from disk)"
+            )
         print(f"plain read        {t_read:8.3f} s  {mb / t_read:9,.0f} MB/s  (file in page cache)")
         print(
             f"vectorised decode {t_dec:8.3f} s  {mb / t_dec:9,.0f} MB/s  {records / t_dec:11,.0f} records/s"
+            "  (file in page cache)"
         )
         print(
             f"per-record struct+Pillow baseline: measured on {baseline_records:,} records "
@@ -214,8 +244,17 @@ def bench_data(
             f"baseline decode   {t_base_all:8.3f} s  {mb / t_base_all:9,.0f} MB/s  "
             f"{records / t_base_all:11,.0f} records/s"
         )
-        print(f"speed-up over baseline   {figures['speedup']:6.1f}x  (target >= 10x)")
-        print(f"decode time / read time  {figures['decode_over_read']:6.2f}x  (target <= 3x)")
+        print(f"speed-up over baseline   {figures['speedup']:6.1f}x  (target >= 10x; page cache, both)")
+        if cold:
+            print(f"decode / read, from disk {figures['decode_over_read']:6.2f}x  (target <= 3x)")
+        else:
+            print(
+                "decode / read, from disk: not measured (no posix_fadvise to evict the file from the cache)"
+            )
+        print(
+            f"decode / read, page cache{figures['decode_over_read_cached']:6.2f}x  "
+            "(stricter: a cached read is memcpy)"
+        )
 
         # Warm the lazily imported modules so their one-off memory is not counted as prepare's.
         from kanjirec.data.preprocess import normalize_images

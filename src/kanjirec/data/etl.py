@@ -398,26 +398,29 @@ def _units6(packed: np.ndarray) -> np.ndarray:
 def decode_images(recs: np.ndarray, image: ImageField) -> np.ndarray:
     """(n, record_size) uint8 -> (n, height, width) uint8 levels 0..max_level, ink high.
 
-    Blocks are split across threads that write into one output: numpy releases the GIL in
-    these passes, and unpacking is memory-bound work one core cannot match a cached read with.
+    Blocks are split across a persistent pool of threads writing into one output: numpy
+    releases the GIL in these passes, and one core cannot unpack as fast as the bytes arrive.
     """
     n = len(recs)
     out = np.empty((n, image.height, image.width), np.uint8)
     workers = max(1, min(_DECODE_THREADS, n // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
     if workers == 1:
         _decode_image_rows(recs, image, out)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(
-                pool.map(lambda ab: _decode_image_rows(recs[ab[0] : ab[1]], image, out[ab[0] : ab[1]]), spans)
-            )
+        return out
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    list(_pool().map(lambda ab: _decode_image_rows(recs[ab[0] : ab[1]], image, out[ab[0] : ab[1]]), spans))
     return out
 
 
 _DECODE_THREADS = os.cpu_count() or 1
 _MIN_ROWS_PER_THREAD = 128
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    # One pool for the process: starting threads for every block cost more than decoding it.
+    return ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="kanjirec-etl")
 
 
 def _decode_image_rows(recs: np.ndarray, image: ImageField, out: np.ndarray) -> None:
@@ -679,7 +682,7 @@ def iter_etl_file(
     path: str | Path,
     set_name: str | None = None,
     *,
-    chunk_records: int = 512,
+    chunk_records: int = 2048,
     skip_bad_records: bool = False,
     keep_model_images: bool = False,
     co59_table: dict[tuple[int, int], str] | None = None,
@@ -754,20 +757,28 @@ def iter_etl_file(
                 raise EtlFormatError(
                     f"{bad[0]}{more}; not an {s.name} file? (skip_bad_records drops bad records instead)"
                 )
-            keep = ~bad_mask
-            images = decode_images(recs if not bad else recs[keep], layout.image)
-            model = numbers[keep] >= model_start
+            if bad:
+                keep = ~bad_mask
+                recs, chars, codes, writers, numbers = (
+                    recs[keep],
+                    chars[keep],
+                    codes[keep],
+                    writers[keep],
+                    numbers[keep],
+                )
+            images = decode_images(recs, layout.image)
+            model = numbers >= model_start
             if model.any():
                 writers = writers.copy()
-                writers[np.flatnonzero(keep)[model]] = f"{s.writer_group}/model"
+                writers[model] = f"{s.writer_group}/model"
             yield EtlSamples(
                 set_name=s.name,
                 path=path,
                 images=images,
-                chars=chars[keep],
-                codes=codes[keep],
-                writers=writers[keep],
-                records=numbers[keep],
+                chars=chars,
+                codes=codes,
+                writers=writers,
+                records=numbers,
                 max_level=max_level,
                 bad=pending_bad + bad,
                 model=model,
