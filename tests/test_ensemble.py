@@ -22,8 +22,9 @@ from kanjirec.ensemble import (
     load_ensemble,
     save_ensemble,
 )
-from kanjirec.errors import KanjirecError
+from kanjirec.errors import CheckpointError, KanjirecError
 from kanjirec.evaluate import evaluate, predict
+from kanjirec.export import export_onnx
 from kanjirec.models import create_model
 from kanjirec.recognizer import Recognizer
 
@@ -128,10 +129,12 @@ def test_fitted_weights_keep_an_under_confident_member_that_is_right_where_the_o
 
 def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, capsys):
     classes = list("明林語川")
+    # Two members share the image input; the two stroke extractors each get their own inputs.
     configs = {
-        "cnn": ("cnn", SMALL["cnn"]),
         "contour": ("stroke_rnn", SMALL["stroke_rnn"]),
+        "cnn": ("cnn", SMALL["cnn"]),
         "skeleton": ("stroke_rnn", {**SMALL["stroke_rnn"], "extractor": "skeleton"}),
+        "cnn2": ("cnn", SMALL["cnn"]),
     }
     torch.manual_seed(0)
     paths = [
@@ -141,7 +144,7 @@ def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, ca
     manifest = save_ensemble(
         tmp_path / "ens.json",
         paths,
-        Pooling(np.array([0.5, 0.3, 0.2]), np.array([0.7, 1.5, 1.0])),
+        Pooling(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.7, 1.5, 1.0, 2.0])),
         classes,
         weighting="fitted",
     )
@@ -150,11 +153,11 @@ def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, ca
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
 
     recognizer = Recognizer.load(out)
-    assert recognizer.preprocessing == "images,strokes:contour:30,strokes:skeleton:30"
+    assert recognizer.preprocessing == "strokes:contour:30,images,strokes:skeleton:30"
     assert [i.name for i in recognizer.session.get_inputs()] == [
-        "images",
         "strokes",
         "lengths",
+        "images",
         "strokes_2",
         "lengths_2",
     ]
@@ -166,6 +169,50 @@ def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, ca
     np.testing.assert_allclose(recognizer.logits(images), expected, atol=1e-4, rtol=0)
     # The ensemble's log-probabilities are read as logits: its probabilities come back.
     np.testing.assert_allclose(recognizer.probabilities(images), np.exp(expected), atol=1e-5, rtol=0)
+
+
+def test_an_ensemble_with_an_onnx_member_is_refused_by_export_naming_it(tmp_path, capsys):
+    classes = list("明林語川")
+    torch.manual_seed(0)
+    model = create_model("cnn", len(classes), classes=classes, **SMALL["cnn"])
+    run = save_run(tmp_path / "cnn", model, classes)
+    onnx_file = export_onnx(model, tmp_path / "cnn.onnx")
+    manifest = save_ensemble(
+        tmp_path / "ens.json", [run, onnx_file], Pooling.mean(2), classes, weighting="mean"
+    )
+    assert main(["export", str(manifest), "--out", str(tmp_path / "ens.onnx")]) == 2
+    assert "cnn.onnx is an ONNX file; an ensemble exports from checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "ens.onnx").exists()
+
+
+@pytest.mark.usefixtures("fixed_logits_registered")
+def test_manifest_versions_and_bad_fields_are_read_or_refused_by_name(tmp_path):
+    classes = list(CHARS)
+    paths = [
+        save_run(tmp_path / f"m{k}", fixed_logits(np.eye(5, dtype=np.float32) * k), classes) for k in (1, 2)
+    ]
+    manifest = save_ensemble(tmp_path / "ens.json", paths, Pooling.mean(2), classes, weighting="mean")
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+
+    def load(**changes):
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps({**data, **changes}), encoding="utf-8")
+        return load_ensemble(path)
+
+    # Version 1 had no temperatures: members are used as they are.
+    v1 = {k: v for k, v in data.items() if k != "temperatures"}
+    (tmp_path / "v1.json").write_text(json.dumps({**v1, "version": 1}), encoding="utf-8")
+    model, info = load_ensemble(tmp_path / "v1.json")
+    assert info["temperatures"] == [1.0, 1.0] and model.temperatures.tolist() == [1.0, 1.0]
+    with pytest.raises(CheckpointError, match="version-1 .* no field 'temperatures'"):
+        load(version=1)
+    with pytest.raises(CheckpointError, match="edited.json: field 'temperatures' must be a list of 2 finite"):
+        load(temperatures=[1.0, None])
+    with pytest.raises(CheckpointError, match="field 'weights' must be a list of 2"):
+        load(weights=[1.0])
+    with pytest.raises(CheckpointError, match="lacks the field 'temperatures'"):
+        (tmp_path / "edited.json").write_text(json.dumps(v1), encoding="utf-8")
+        load_ensemble(tmp_path / "edited.json")
 
 
 @pytest.fixture()
@@ -182,7 +229,7 @@ def runs(id_dataset, tmp_path, fixed_logits_registered):
 
 
 def test_fitted_ensemble_weights_favour_the_better_model_and_report_gain_and_cost(id_dataset, runs, tmp_path):
-    report = build_ensemble(runs, id_dataset.path, tmp_path / "ens.json", latency_runs=3)
+    report = build_ensemble(runs, id_dataset.path, tmp_path / "ens.json", weighting="fitted", latency_runs=3)
     fitted = report["weights"]["fitted"]
     assert fitted["good"] > fitted["poor"]
     assert report["best_single"] == "good"
@@ -194,7 +241,7 @@ def test_fitted_ensemble_weights_favour_the_better_model_and_report_gain_and_cos
 
 def test_saved_ensemble_reloads_and_evaluates_identically(id_dataset, runs, tmp_path):
     manifest = tmp_path / "ens.json"
-    report = build_ensemble(runs, id_dataset.path, manifest, latency_runs=3)
+    report = build_ensemble(runs, id_dataset.path, manifest, weighting="fitted", latency_runs=3)
     # Moving the folder keeps the ensemble loadable: members are stored relative to the manifest.
     moved = tmp_path.parent / (tmp_path.name + "_moved")
     shutil.copytree(tmp_path, moved)

@@ -85,7 +85,7 @@ def run_demo(
     result = compare(runs, data, out=out / "compare", robustness_samples=300, latency_runs=20, memory=False)
     print(compare_markdown(result))
 
-    print("[demo] ensembling every model, weights fitted on the val split")
+    print("[demo] ensembling every model: calibrated fitted weights or the plain mean, the better on val")
     ensemble = build_ensemble(runs, data, out / "ensemble.json", latency_runs=20)
     print(ensemble_markdown(ensemble))
 

@@ -44,7 +44,7 @@ WEIGHTINGS = ("best", "fitted", "mean")
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 79)).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: no element-wise __eq__
 class Pooling:
     """How an ensemble combines its members: weights (summing to 1) and a temperature per member."""
 
@@ -276,7 +276,13 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
     for key in required:
         if key not in manifest:
             raise CheckpointError(f"{path}: ensemble manifest lacks the field {key!r}")
-    temperatures = manifest.get("temperatures", [1.0] * len(manifest["members"]))  # version 1: none
+    if manifest["version"] == 1 and "temperatures" in manifest:
+        raise CheckpointError(f"{path}: a version-1 ensemble manifest has no field 'temperatures'")
+    if not isinstance(manifest["members"], list) or not manifest["members"]:
+        raise CheckpointError(f"{path}: field 'members' must be a non-empty list")
+    n = len(manifest["members"])
+    weights = _numbers(path, manifest, "weights", n)
+    temperatures = _numbers(path, manifest, "temperatures", n) if "temperatures" in manifest else [1.0] * n
     members = []
     for m in manifest["members"]:
         member_path = (path.parent / m["path"]).resolve()
@@ -290,22 +296,32 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
             )
         members.append(lm)
     try:
-        model = EnsembleModel(
-            [lm.model for lm in members], manifest["weights"], manifest["classes"], temperatures
-        ).eval()
+        model = EnsembleModel([lm.model for lm in members], weights, manifest["classes"], temperatures).eval()
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from e
     info = {
         "name": f"ensemble({'+'.join(lm.name for lm in members)})",
         "model": "ensemble",
         "classes": manifest["classes"],
-        "weights": manifest["weights"],
+        "weights": weights,
         "temperatures": temperatures,
         "weighting": manifest.get("weighting"),
         "members": [str(lm.path) for lm in members],
         "metrics": manifest.get("metrics", {}),
     }
     return model, info
+
+
+def _numbers(path: Path, manifest: dict, key: str, n: int) -> list[float]:
+    """Field ``key`` of a manifest as ``n`` finite numbers, or a CheckpointError naming it."""
+    value = manifest[key]
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    ):
+        raise CheckpointError(f"{path}: field {key!r} must be a list of {n} finite numbers (one per member)")
+    return [float(v) for v in value]
 
 
 # ---------------------------------------------------------------- building one
@@ -326,7 +342,9 @@ def build_ensemble(
     """Fit weights on ``fit_split``, save the ensemble to ``out`` and report, on ``test_split``,
     every member, the mean and the fitted ensemble, the gain over the best single member and
     the latency cost. ``weighting`` "best" saves the fitted or the mean pooling, whichever is
-    more accurate on ``fit_split`` (a second pass over it; the test split never chooses).
+    more accurate on ``fit_split`` (a second pass over it; the test split never chooses). The
+    fitted pooling is scored on the split it was fitted on, which flatters it slightly; ties go
+    to the mean.
     ``threads``: torch threads for the passes; None picks 1 or torch's count from the members'
     measured throughputs (`evaluate.choose_threads`)."""
     from kanjirec.data.store import PackedDataset

@@ -288,11 +288,15 @@ class _Accumulator:
         tp = log_probs.gather(1, t.clamp(min=0)[:, None])[:, 0].exp()
         self.target_prob[start:end] = torch.where(known, tp, torch.zeros_like(tp)).numpy()
         if self.temperatures is not None:
-            # (T, B, C) at once: a few exps per logit, small next to the forward pass.
-            scaled = logits.float()[None] / self.temperatures[:, None, None]
-            idx = t.clamp(min=0)[None, :, None].expand(len(self.temperatures), -1, 1)
-            lp = scaled.gather(2, idx)[..., 0] - torch.logsumexp(scaled, dim=2)  # (T, B)
-            self.target_logp_t[start:end] = torch.where(known, lp, torch.zeros_like(lp)).T.numpy()
+            # One exp per logit and temperature; 8 temperatures at a time keep the (T, B, C)
+            # temporaries a few MB.
+            z = logits.float()
+            target = z.gather(1, t.clamp(min=0)[:, None])[:, 0]
+            for a in range(0, len(self.temperatures), 8):
+                temps = self.temperatures[a : a + 8, None]
+                lp = target[None] / temps - torch.logsumexp(z[None] / temps[..., None], dim=2)  # (T, B)
+                lp = torch.where(known, lp, torch.zeros_like(lp))
+                self.target_logp_t[start:end, a : a + 8] = lp.T.numpy()
 
     def result(self) -> Predictions:
         return Predictions(self.topk_idx, self.topk_prob, self.target_prob, self.targets, self.target_logp_t)

@@ -63,6 +63,12 @@ def export_onnx(
     import onnx
     import onnxruntime as ort
 
+    for k, member in enumerate(getattr(model, "members", [])):
+        if not isinstance(member, RecognitionModel):
+            raise ExportError(
+                f"ensemble member {k} is a {type(member).__name__}, not a PyTorch model: an ensemble "
+                "exports from members saved as checkpoints (an ONNX member has no graph to trace)"
+            )
     classes = list(classes if classes is not None else (getattr(model, "classes", None) or []))
     if len(classes) != model.num_classes:
         raise ValueError(
@@ -91,7 +97,7 @@ def export_onnx(
         with torch.no_grad():
             expected = model.forward_features(*features).numpy()
             program = torch.onnx.export(
-                _Graph(model),
+                _Graph(model).eval(),
                 tuple(features),
                 input_names=names,
                 output_names=["logits"],

@@ -141,8 +141,11 @@ class Recognizer:
         if kind == "images":
             return [images[:, None].astype(np.float32) / 255.0]
         parts = kind.split(":")
-        if len(parts) != 3 or parts[0] != "strokes":
-            raise RecognizerError(f"{self.path}: unknown preprocessing {kind!r} in the ONNX metadata")
+        if len(parts) != 3 or parts[0] != "strokes" or not parts[2].isdigit():
+            raise RecognizerError(
+                f"{self.path or 'ONNX model'}: unknown preprocessing {kind!r} in its metadata "
+                "(expected 'images' or 'strokes:<extractor>:<max strokes>')"
+            )
         from kanjirec.data.sequences import extract_strokes
 
         return list(extract_strokes(images, parts[1], int(parts[2])))

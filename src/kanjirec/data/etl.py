@@ -423,6 +423,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="kanjirec-etl")
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _decode_image_rows(recs: np.ndarray, image: ImageField, out: np.ndarray) -> None:
     raw = recs[:, image.byte : image.byte + image.nbytes]
     flat = out.reshape(len(recs), -1)
