@@ -103,16 +103,13 @@ class EnsembleModel(nn.Module):
         kinds = [getattr(m, "feature_kind", "images") for m in members]
         self.feature_kinds = list(dict.fromkeys(kinds))
         self.feature_kind = ",".join(self.feature_kinds)
-        self._kind_members = [kinds.index(k) for k in self.feature_kinds]
-        sizes = [
-            len(members[m].feature_names()) if hasattr(members[m], "feature_names") else 1
-            for m in self._kind_members
-        ]
-        offsets = np.cumsum([0, *sizes])
-        self._slots = [
-            tuple(range(offsets[self.feature_kinds.index(k)], offsets[self.feature_kinds.index(k) + 1]))
-            for k in kinds
-        ]
+        self._kind_members = [kinds.index(k) for k in self.feature_kinds]  # who computes each kind
+        slots: dict[str, tuple[int, ...]] = {}
+        for k, m in zip(self.feature_kinds, self._kind_members, strict=True):
+            size = len(members[m].feature_names()) if hasattr(members[m], "feature_names") else 1
+            first = sum(map(len, slots.values()))
+            slots[k] = tuple(range(first, first + size))
+        self._slots = [slots[k] for k in kinds]
 
     @property
     def config(self) -> dict:
