@@ -16,7 +16,9 @@ from kanjirec.evaluate import (
     expected_calibration_error,
     inference_copy,
     map_classes,
+    predict,
     robustness_suite,
+    torch_threads,
 )
 from kanjirec.export import sample_images
 from kanjirec.models import create_model, list_models
@@ -99,6 +101,34 @@ def test_unknown_characters_are_counted_and_reported(id_dataset):
     assert report["unknown"] == {"samples": n_o, "characters": {"お": n_o}}
     assert report["known_samples"] == len(test) - n_o
     assert report["top1"] == 1.0  # scored over the known samples only, not diluted by お
+
+
+def test_predictions_do_not_depend_on_how_many_batches_run_at_once(id_dataset):
+    # Batches run on parallel threads when torch has several; each distorted batch draws from its
+    # own generator, so the order batches finish in cannot change what any model sees.
+    models = {"a": tiny_cnn(0), "b": tiny_cnn(1)}
+    idx = np.arange(len(id_dataset))
+    targets = {k: id_dataset.labels.astype(np.int64) for k in models}
+    runs = []
+    for threads in (1, 3):
+        with torch_threads(threads):
+            runs.append(
+                predict(
+                    models,
+                    id_dataset.images,
+                    idx,
+                    targets,
+                    distortion=DISTORTIONS["elastic"],
+                    strength=0.8,
+                    seed=5,
+                    batch_size=7,
+                )
+            )
+    for name in models:
+        one, many = runs[0][name], runs[1][name]
+        np.testing.assert_array_equal(one.topk_idx, many.topk_idx)
+        np.testing.assert_allclose(one.topk_prob, many.topk_prob, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(one.target_prob, many.target_prob, rtol=1e-5, atol=1e-7)
 
 
 def test_robustness_suite_covers_every_distortion_and_severity_deterministically(id_dataset):

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,13 +323,17 @@ def predict(
     ``images`` is anything indexable by an int array returning uint8 (n, S, S), e.g.
     `PackedDataset.images`. ``targets[name]`` holds the model's class index per sample
     (-1: unknown to that model). With a ``distortion`` (an `augment.Distortion`) each
-    batch is distorted once, from a generator seeded with ``seed``, and every model
-    sees the same distorted images. ``ensembles`` maps a name to an `ensemble.Pooling` over ``models`` (in
-    order): each is scored from the members' logits of the same batch, without rerunning them
-    (all models must then share one class list; ensembles are scored against the first model's
-    targets). ``temperatures``: also keep, per model, the true class's log-probability at each of
-    these temperatures (`Predictions.target_logp_t`; what calibration needs, without full logits).
-    Models run as given, on torch's current threads; `inference_copy` makes them faster.
+    batch is distorted once, from a generator seeded with ``seed`` and the batch's position
+    (`batch_generator`), and every model sees the same distorted images.
+
+    ``ensembles`` maps a name to an `ensemble.Pooling` over ``models`` (in order): each is
+    scored from the members' logits of the same batch, without rerunning them (all models must
+    then share one class list; ensembles are scored against the first model's targets).
+    ``temperatures``: also keep, per model, the true class's log-probability at each of these
+    temperatures (`Predictions.target_logp_t`; what calibration needs, without full logits).
+
+    Models run as given; `inference_copy` makes them faster. With torch set to N > 1 threads,
+    N batches run at once on one thread each; results do not depend on N.
     """
     from kanjirec.ensemble import combine_logits
 
@@ -347,20 +352,41 @@ def predict(
         if len(targets[name]) != len(indices):
             raise ValueError(f"{name}: {len(targets[name])} targets for {len(indices)} samples")
         models[name].eval()
-    generator = torch.Generator().manual_seed(seed)
     starts = range(0, len(indices), batch_size)
-    with torch.inference_mode():
-        for start in _progress(starts, desc=desc, unit="batch", leave=False):
-            rows = indices[start : start + batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1)
+
+    def run(b: int) -> None:
+        start = starts[b]
+        rows = indices[start : start + batch_size]
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1)
+        with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
             if distortion is not None:
-                batch = distortion.apply(batch, strength, generator)
+                batch = distortion.apply(batch, strength, batch_generator(seed, b))
             logits = {name: model(batch) for name, model in models.items()}
             for name, z in logits.items():
                 acc[name].update(start, z)
             for name, (w, t) in ensembles.items():
                 acc[name].update(start, combine_logits(list(logits.values()), w, t))
+
+    workers = min(torch.get_num_threads(), len(starts))
+    with _progress(total=len(starts), desc=desc, unit="batch", leave=False) as bar:
+        if workers <= 1:
+            for b in range(len(starts)):
+                run(b)
+                bar.update()
+        else:
+            # Whole batches on parallel threads, each op on one thread: the models' small matmuls
+            # and LSTM steps parallelise across batches better than inside one (up to 1.5x here).
+            # Each batch writes its own rows of the accumulators.
+            with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(run, range(len(starts))):
+                    bar.update()
     return {name: a.result() for name, a in acc.items()}
+
+
+def batch_generator(seed: int, batch: int) -> torch.Generator:
+    """The distortion generator of batch number ``batch``: the same whatever order batches run in."""
+    state = np.random.SeedSequence([seed, batch]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 # ---------------------------------------------------------------- metrics
