@@ -48,10 +48,10 @@ ECE_BINS = 15
 # every model (activations of a 256-image batch exceed glibc's mmap threshold and are page-faulted
 # afresh on every call).
 BATCH_SIZE = 64
-# The robustness suite runs 33 distortion sets on one fixed subsample. 200 samples per set keep a
-# full comparison (six default-size models, a 31,879-image test split) under 10 minutes on 2 cores
-# (`kanjirec bench compare`): the suite then costs about a quarter of the clean pass. The score
-# (accuracy relative to clean, on the same samples) averages 33 x 200 = 6,600 predictions.
+# The robustness suite runs 33 distortion sets on one fixed subsample. At 200 samples per set it
+# costs about a quarter of the clean pass of a full comparison (six default-size models, a
+# 31,879-image test split; `kanjirec bench compare`), which is what a 10-minute budget on 2 cores
+# leaves it. The score (accuracy relative to clean, on the same samples) averages 6,600 predictions.
 DEFAULT_ROBUSTNESS_SAMPLES = 200
 ROBUSTNESS_SEED = 1234
 
@@ -375,7 +375,7 @@ def predict(
                 bar.update()
         else:
             # Whole batches on parallel threads, each op on one thread: the models' small matmuls
-            # and LSTM steps parallelise across batches better than inside one (up to 1.5x here).
+            # and LSTM steps parallelise better across batches than inside one.
             # Each batch writes its own rows of the accumulators.
             with torch_threads(1), ThreadPoolExecutor(workers) as pool:
                 for _ in pool.map(run, range(len(starts))):
