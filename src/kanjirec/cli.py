@@ -8,6 +8,7 @@ handlers so that `kanjirec --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -485,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # PyTorch reads this once, at its first allocation, so it is set before torch is imported:
+    # tensors of 2 MB and more (a batch's activations) then sit on transparent huge pages instead
+    # of being page-faulted 4 KiB at a time on every forward pass. THP_MEM_ALLOC_ENABLE=0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from kanjirec.errors import KanjirecError
 
     args = build_parser().parse_args(argv)

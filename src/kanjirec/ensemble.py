@@ -342,14 +342,13 @@ def build_ensemble(
     more accurate on ``fit_split`` (a second pass over it; the test split never chooses). The
     fitted pooling is scored on the split it was fitted on, which flatters it slightly; ties go
     to the mean.
-    ``threads``: torch threads for the passes; None picks 1 or torch's count from the members'
-    measured throughputs (`evaluate.choose_threads`)."""
+    ``threads``: torch threads for the passes (batches run at once, `evaluate.predict`); None:
+    torch's current count."""
     from kanjirec.data.store import PackedDataset
     from kanjirec.evaluate import (
         BATCH_SIZE,
         _split_indices,
         _unique_names,
-        choose_threads,
         inference_copy,
         load_any,
         measure_speed,
@@ -368,7 +367,7 @@ def build_ensemble(
     test_idx = _split_indices(ds, test_split)
     sample = ds.images[test_idx[:64]]
     speed = {n: measure_speed(m, sample, runs=latency_runs) for n, m in models.items()}
-    with torch_threads(threads if threads is not None else choose_threads(list(speed.values()))):
+    with torch_threads(threads):
         poolings, fit_top1, test_pred, mapping = _fit_and_test(
             models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size or BATCH_SIZE
         )

@@ -352,11 +352,14 @@ def predict(
         if len(targets[name]) != len(indices):
             raise ValueError(f"{name}: {len(targets[name])} targets for {len(indices)} samples")
         models[name].eval()
-    starts = range(0, len(indices), batch_size)
+    # Batches as equal as possible, none over batch_size (200 samples: 4 x 50, not 3 x 64 + 8), so
+    # that parallel workers finish together; they depend on the sample count, not the worker count.
+    n_batches = -(-len(indices) // batch_size)
+    bounds = [b * len(indices) // n_batches for b in range(n_batches + 1)]
 
     def run(b: int) -> None:
-        start = starts[b]
-        rows = indices[start : start + batch_size]
+        start = bounds[b]
+        rows = indices[start : bounds[b + 1]]
         batch = torch.from_numpy(np.ascontiguousarray(images[rows])).unsqueeze(1)
         with torch.inference_mode():  # thread-local: entered in the thread that runs the batch
             if distortion is not None:
@@ -367,10 +370,10 @@ def predict(
             for name, (w, t) in ensembles.items():
                 acc[name].update(start, combine_logits(list(logits.values()), w, t))
 
-    workers = min(torch.get_num_threads(), len(starts))
-    with _progress(total=len(starts), desc=desc, unit="batch", leave=False) as bar:
+    workers = min(torch.get_num_threads(), n_batches)
+    with _progress(total=n_batches, desc=desc, unit="batch", leave=False) as bar:
         if workers <= 1:
-            for b in range(len(starts)):
+            for b in range(n_batches):
                 run(b)
                 bar.update()
         else:
@@ -378,7 +381,7 @@ def predict(
             # and LSTM steps parallelise better across batches than inside one.
             # Each batch writes its own rows of the accumulators.
             with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(run, range(len(starts))):
+                for _ in pool.map(run, range(n_batches)):
                     bar.update()
     return {name: a.result() for name, a in acc.items()}
 
@@ -775,19 +778,6 @@ def measure_speed(
     }
 
 
-def choose_threads(rows: Sequence[dict]) -> int:
-    """The thread count (1 or torch's current one) under which all models together evaluate fastest,
-    from `measure_speed`'s throughputs.
-
-    On an idle machine all cores win; on a machine shared with other work, one thread often does,
-    because LSTMs synchronise the threads at every time step and wait for a preempted one."""
-    per_image = {
-        rows[0]["throughput_threads"]: sum(1 / r["throughput_per_s"] for r in rows),
-        1: sum(1 / r["throughput_1thread_per_s"] for r in rows),
-    }
-    return min(per_image, key=per_image.get)
-
-
 _MEMORY_PROBE = """
 import json, sys, numpy as np, torch
 from kanjirec.evaluate import load_any
@@ -813,7 +803,8 @@ def measure_peak_memory(path: str | Path, image_size: int = 64) -> dict:
         [sys.executable, "-c", code, str(path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # The allocator a library user gets: the CLI's huge-page setting would round RSS up.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "0"},
     )
     if proc.returncode != 0:
         raise KanjirecError(f"{path}: memory probe failed:\n{proc.stderr.strip()[-2000:]}")
@@ -823,6 +814,23 @@ def measure_peak_memory(path: str | Path, image_size: int = 64) -> dict:
         "peak_mib": r["peak"] / 2**20,
         "method": "VmHWM growth, fresh process",
     }
+
+
+def measure_peak_memories(paths: Sequence[Path | None], image_size: int = 64) -> dict[Path, dict]:
+    """`measure_peak_memory` of every path (None: skipped), the probes run side by side.
+
+    Each probe is its own interpreter, so its VmHWM is its own; most of a probe's time is
+    importing torch, which parallelises across cores. Called while nothing is being timed."""
+    paths = list(dict.fromkeys(p for p in paths if p is not None))
+    out = {}
+    with (
+        ThreadPoolExecutor(max(1, min(len(paths), os.cpu_count() or 1))) as pool,
+        _progress(total=len(paths), desc="memory", unit="model") as bar,
+    ):
+        for path, r in zip(paths, pool.map(lambda p: measure_peak_memory(p, image_size), paths), strict=True):
+            out[path] = r
+            bar.update()
+    return out
 
 
 def file_sizes(lm: LoadedModel) -> dict:
@@ -876,9 +884,8 @@ def compare(
     """Accuracy, size, FLOPs, speed, memory and robustness of every run, in one table.
 
     ``robustness_samples``: samples per distortion x severity; 0 skips the suite, None (or a
-    negative number) uses the whole split. ``threads``: torch intra-op threads for the
-    evaluation passes; None picks 1 or torch's current count, whichever the measured
-    throughputs of the cost phase say is faster for all models together (`choose_threads`).
+    negative number) uses the whole split. ``threads``: torch threads for the evaluation
+    passes, which run that many batches at once (`predict`); None: torch's current count.
     Models are evaluated as `inference_copy` prepares them (batch norm folded, channels_last).
     """
     from kanjirec.data.store import PackedDataset
@@ -901,6 +908,7 @@ def compare(
     # Costs first: a model the fresh memory-probe process cannot load fails before the long passes.
     seconds = {}
     t0 = time.perf_counter()
+    memory_rows = measure_peak_memories([lm.path for lm in loaded], ds.image_size) if memory else {}
     sample_images = ds.images[idx[:64]]
     rows = []
     for name, lm in _progress(list(zip(names, loaded, strict=True)), desc="cost", unit="model"):
@@ -914,11 +922,13 @@ def compare(
             **file_sizes(lm),
             **measure_speed(models[name], sample_images, runs=latency_runs),
         }
-        if memory and lm.path is not None:
-            row.update(measure_peak_memory(lm.path, ds.image_size))
+        row.update(memory_rows.get(lm.path, {}))
         rows.append(row)
     seconds["cost"] = time.perf_counter() - t0
-    eval_threads = threads if threads is not None else choose_threads(rows)
+    # Batch workers (`predict`) need no per-op synchronisation, so a core taken by other work
+    # slows only its own worker: all threads, never a choice from timings that a passing load
+    # spike could skew for the whole run.
+    eval_threads = threads if threads is not None else torch.get_num_threads()
     with torch_threads(eval_threads):
         clean = predict(models, ds.images, idx, targets, batch_size=batch_size, desc=f"clean {split}")
         seconds["clean"] = time.perf_counter() - t0 - seconds["cost"]
@@ -946,7 +956,7 @@ def compare(
         "robustness": robust,
         "rows": rows,
         "machine": _machine(),
-        "eval_threads": {"threads": eval_threads, "chosen": "measured" if threads is None else "given"},
+        "eval_threads": eval_threads,
         "seconds": seconds,
     }
     if out is not None:
@@ -982,6 +992,8 @@ def _machine() -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # Set by the CLI before torch loads (see `cli.main`); it changes the speed figures.
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1",
     }
 
 
@@ -1001,7 +1013,9 @@ def compare_markdown(r: dict) -> str:
         f"thread, median. Throughput: batch 64, {r['machine']['threads']} threads. Peak memory: growth of "
         "VmHWM in a fresh process loading the model and running a batch of 64. Robustness: mean top-1 over "
         f"distortions x 3 severities relative to clean, on {r['robustness_samples']:,} samples. PyTorch "
-        "models run with batch norm folded into the convolutions and channels_last memory format.",
+        "models run with batch norm folded into the convolutions and channels_last memory format"
+        + (", tensors of 2 MB and up on transparent huge pages" if r["machine"].get("thp_mem_alloc") else "")
+        + ".",
         "",
         "| model | top-1 | top-5 | params | weights MiB | ckpt MiB | ONNX MiB | MFLOPs | latency ms "
         "| img/s @64 | img/s @64, 1 thread | peak MiB | robustness |",
@@ -1029,12 +1043,10 @@ def compare_markdown(r: dict) -> str:
             cells = [" / ".join(f"{100 * a:.0f}" for a in rob["accuracy"][d]) for d in dists]
             lines.append(f"| {name} | {100 * rob['clean_top1']:.1f} | " + " | ".join(cells) + " |")
     sec = r["seconds"]
-    et = r["eval_threads"]
     lines += [
         "",
         f"Time: clean pass {sec['clean']:.0f} s, robustness {sec['robustness']:.0f} s, cost measurements "
         f"{sec['cost']:.0f} s on {r['machine']['cores']} cores ({r['machine']['cpu']}); evaluation passes "
-        f"on {et['threads']} thread(s), {et['chosen']}"
-        + (" (the faster setting in the img/s columns)." if et["chosen"] == "measured" else "."),
+        f"ran {r['eval_threads']} batch(es) at a time, one thread each.",
     ]
     return "\n".join(lines) + "\n"
