@@ -366,7 +366,6 @@ def build_ensemble(
     ds = PackedDataset.open(data)
     test_idx = _split_indices(ds, test_split)
     sample = ds.images[test_idx[:64]]
-    speed = {n: measure_speed(m, sample, runs=latency_runs) for n, m in models.items()}
     with torch_threads(threads):
         poolings, fit_top1, test_pred, mapping = _fit_and_test(
             models, ds, classes, weighting, fit_split, test_idx, test_split, batch_size or BATCH_SIZE
@@ -383,7 +382,7 @@ def build_ensemble(
     ensemble_model = EnsembleModel(
         list(models.values()), pooling.weights, classes, pooling.temperatures
     ).eval()
-    best_speed = speed[best]
+    best_speed = measure_speed(models[best], sample, runs=latency_runs)
     ens_speed = measure_speed(ensemble_model, sample, runs=latency_runs)
     report = {
         "dataset": str(ds.path),
