@@ -181,7 +181,8 @@ def test_an_ensemble_with_an_onnx_member_is_refused_by_export_naming_it(tmp_path
         tmp_path / "ens.json", [run, onnx_file], Pooling.mean(2), classes, weighting="mean"
     )
     assert main(["export", str(manifest), "--out", str(tmp_path / "ens.onnx")]) == 2
-    assert "cnn.onnx is an ONNX file; an ensemble exports from checkpoints" in capsys.readouterr().err
+    assert "member 1: " in (err := capsys.readouterr().err)
+    assert "cnn.onnx is an ONNX file, not a PyTorch model; an ensemble exports from checkpoints" in err
     assert not (tmp_path / "ens.onnx").exists()
 
 

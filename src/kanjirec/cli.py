@@ -426,9 +426,6 @@ def _export(a: argparse.Namespace) -> None:
     if is_ensemble_file(a.run):
         model, info = load_ensemble(a.run)
         name, classes = info["name"], info["classes"]
-        onnx = [m for m in info["members"] if m.endswith(".onnx")]
-        if onnx:
-            raise CliError(f"{a.run}: member {onnx[0]} is an ONNX file; an ensemble exports from checkpoints")
     else:
         from kanjirec.checkpoint import load_model
 

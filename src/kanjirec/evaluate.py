@@ -80,8 +80,8 @@ class OnnxModel(nn.Module):
     """An exported model (`recognizer.Recognizer`) behind the same call as a torch model.
 
     It runs on as many ONNX Runtime threads as torch is set to use (`torch_threads`), so that
-    `measure_speed`'s one-thread latency and the evaluation passes' thread choice hold for it
-    too; a session per thread count is opened on first use."""
+    `measure_speed`'s one-thread latency and the evaluation passes' one thread per batch worker
+    hold for it too; a session per thread count is opened on first use."""
 
     def __init__(self, recognizer):
         super().__init__()
@@ -783,7 +783,7 @@ import json, sys, numpy as np, torch
 import kanjirec.checkpoint, kanjirec.ensemble
 from kanjirec.evaluate import load_any
 from kanjirec.models import list_models
-list_models()  # imports every model family's code (and scipy, KanjiVG's parser...): not the model's memory
+list_models()  # imports every model family's code and what it imports: not the model's memory
 if sys.argv[1].endswith((".onnx", ".json")):
     import kanjirec.recognizer, onnxruntime
 def hwm():

@@ -65,9 +65,11 @@ def export_onnx(
 
     for k, member in enumerate(getattr(model, "members", [])):
         if not isinstance(member, RecognitionModel):
+            onnx = getattr(getattr(member, "recognizer", None), "path", None)
+            what = f"{onnx} is an ONNX file" if onnx else f"is a {type(member).__name__}"
             raise ExportError(
-                f"ensemble member {k} is a {type(member).__name__}, not a PyTorch model: an ensemble "
-                "exports from members saved as checkpoints (an ONNX member has no graph to trace)"
+                f"ensemble member {k}: {what}, not a PyTorch model; an ensemble exports from "
+                "checkpoints (an ONNX member has no graph to trace)"
             )
     classes = list(classes if classes is not None else (getattr(model, "classes", None) or []))
     if len(classes) != model.num_classes:
