@@ -16,10 +16,19 @@ from kanjirec.models import create_model, list_models
 from kanjirec.models.base import count_flops
 from kanjirec.models.stroke_rnn import LengthMaskedBiLSTM
 
-ALL_MODELS = ["basic_rnn", "cnn", "hybrid_cnn_rnn", "radical_attn_rnn", "radical_rnn", "stroke_rnn"]
+ALL_MODELS = [
+    "basic_rnn",
+    "cnn",
+    "hybrid_cnn_rnn",
+    "mobile_cnn",
+    "radical_attn_rnn",
+    "radical_rnn",
+    "stroke_rnn",
+]
 # Small widths keep each test to a second or two; the architecture is the registered one.
 SMALL = {
     "cnn": dict(channels=(8, 16, 16, 32), head_hidden=32, dropout=0.0),
+    "mobile_cnn": dict(stem=8, stages=((16, 1), (32, 1)), embedding=16, dropout=0.0),
     "basic_rnn": dict(hidden_size=64, dropout=0.0),
     "stroke_rnn": dict(hidden_size=64, num_heads=4, head_hidden=64, dropout=0.0),
     "hybrid_cnn_rnn": dict(

@@ -188,6 +188,9 @@ def get_charset(name_or_path: str | Path) -> list[str]:
     line or run together; repeats count once).
     """
     key = str(name_or_path).lower()
+    if "+" in key and not Path(name_or_path).is_file():
+        # A union of named sets, e.g. "kana+jis1" (the shipped model's 3,134 classes).
+        return sorted({c for part in key.split("+") for c in get_charset(part)}, key=ord)
     if key in _BUILDERS:
         chars = _BUILDERS[key]()
     else:

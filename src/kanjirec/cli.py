@@ -312,6 +312,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_synth(bsub)
     _add_bench_train(bsub)
     _add_bench_compare(bsub)
+    _add_bench_styles(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -416,6 +417,24 @@ def _add_bench_compare(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_bench_styles(bsub: argparse._SubParsersAction) -> None:
+    """`bench styles`: top-1 per held-out style family (leave-styles-out)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.styles import report_markdown, run
+
+        result = run(a.model, classes=a.classes, per_class=a.per_class, data=a.data, out=a.out)
+        print(report_markdown(result))
+
+    p = bsub.add_parser("styles", help="top-1 on style families no training data contains, per family")
+    p.add_argument("--model", help="run folder, checkpoint, .onnx or ensemble (default: the shipped model)")
+    p.add_argument("--classes", default="kana+jis1", help="class set to render (default kana+jis1)")
+    p.add_argument("--per-class", type=int, default=1, help="samples per class and family (default 1)")
+    p.add_argument("--data", type=Path, help="reuse held-out families rendered before (a packed dataset)")
+    p.add_argument("--out", type=Path, help="write styles.json and styles.md here")
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -469,6 +488,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+def _add_ship(sub: argparse._SubParsersAction) -> None:
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.ship import ship
+
+        ship(a.run, a.data, styles_data=a.styles_data)
+
+    p = sub.add_parser(
+        "ship", help="make a trained run the model inside the package (ONNX, manifest, model card)"
+    )
+    p.add_argument("run", help="training run folder or checkpoint")
+    p.add_argument("--data", required=True, type=Path, help="packed dataset whose test split is reported")
+    p.add_argument("--styles-data", type=Path, help="held-out families rendered by an earlier `bench styles`")
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanjirec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -478,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_ship(sub)
     _add_demo(sub)
     return parser
 

@@ -72,6 +72,10 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500  # checkpoint every N steps (and at every epoch end); 0: epoch ends only
     keep_last: int = 3  # step checkpoints kept besides best.pt
+    # > 0: every epoch trains on this many freshly rendered synthetic samples of the dataset's classes
+    # (`data.stream`) instead of its train split; the dataset still gives the classes, val and test.
+    synth_per_epoch: int = 0
+    synth_font_fraction: float = 0.2  # of fresh samples drawn from print faces
     augment: dict[str, float] = field(default_factory=default_augment)
     model_config: dict[str, Any] = field(default_factory=dict)
 
@@ -100,7 +104,8 @@ class TrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
             (self.keep_last >= 1, "keep_last must be at least 1"),
-            (min(self.save_every, self.patience, self.workers) >= 0, "counts must be >= 0"),
+            (min(self.save_every, self.patience, self.workers, self.synth_per_epoch) >= 0, "counts: >= 0"),
+            (0 <= self.synth_font_fraction <= 1, "synth_font_fraction must lie in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -213,6 +218,8 @@ _FLAGS = [
     ("--seed", "seed", int, None),
     ("--save-every", "save_every", int, "checkpoint every N steps (and at each epoch end)"),
     ("--keep-last", "keep_last", int, "step checkpoints to keep besides best.pt"),
+    ("--synth-per-epoch", "synth_per_epoch", int, "train on N freshly rendered samples per epoch"),
+    ("--synth-font-fraction", "synth_font_fraction", float, "share of fresh samples from print faces"),
 ]
 
 

@@ -129,10 +129,11 @@ class BatchReader(Dataset):
         return {**self.__dict__, "_ds": None}
 
 
-def batch_loader(config: TrainConfig, batches: list[np.ndarray], device: torch.device) -> DataLoader:
+def batch_loader(config: TrainConfig, batches: Dataset, device: torch.device) -> DataLoader:
+    """Batches (a `BatchReader` of the train split or fresh `SynthBatches`) loaded in worker processes."""
     # An own generator keeps the DataLoader from drawing on the global torch RNG (bitwise resume).
     return DataLoader(
-        BatchReader(config.data, batches),
+        batches,
         batch_size=None,
         shuffle=False,
         num_workers=config.workers,
@@ -140,6 +141,38 @@ def batch_loader(config: TrainConfig, batches: list[np.ndarray], device: torch.d
         generator=torch.Generator().manual_seed(config.seed),
         persistent_workers=False,
     )
+
+
+def epoch_batches(
+    config: TrainConfig,
+    ds: PackedDataset,
+    train_idx: np.ndarray,
+    epoch: int,
+    first_step: int,
+    steps_per_epoch: int,
+    procs: Processes,
+) -> Dataset:
+    """The rest of an epoch's batches from ``first_step`` on, this rank's slice of each global batch:
+    fresh synthetic samples, or the train split in the (seed, epoch) order."""
+    local_batch = config.batch_size // procs.world
+    if config.synth_per_epoch:
+        from kanjirec.data.stream import SynthBatches
+
+        return SynthBatches(
+            ds.classes,
+            seed=config.seed,
+            epoch=epoch,
+            rank=procs.rank,
+            steps=steps_per_epoch,
+            batch_size=local_batch,
+            font_fraction=config.synth_font_fraction,
+            first=first_step,
+            size=ds.images.shape[-1],
+        )
+    order = epoch_order(train_idx, config.seed, epoch)[: steps_per_epoch * config.batch_size]
+    batches = order.reshape(steps_per_epoch, config.batch_size)
+    batches = batches[first_step:, procs.rank * local_batch : (procs.rank + 1) * local_batch]
+    return BatchReader(config.data, list(batches))
 
 
 class LossStep(nn.Module):
@@ -197,7 +230,7 @@ def evaluate_split(
     sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top1, top5, count
     was_training = model.training
     model.eval()
-    for images, labels in batch_loader(config, batches, procs.device):
+    for images, labels in batch_loader(config, BatchReader(config.data, batches), procs.device):
         images = images.to(procs.device, non_blocking=True)
         labels = labels.to(procs.device, non_blocking=True)
         with torch.autocast(procs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -286,8 +319,12 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
     train_idx, val_idx, test_idx = ds.indices("train"), ds.indices("val"), ds.indices("test")
     if config.batch_size % procs.world:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {procs.world} ranks")
-    local_batch = config.batch_size // procs.world
-    steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
+    if config.synth_per_epoch:
+        steps_per_epoch = config.synth_per_epoch // config.batch_size
+        train_count = steps_per_epoch * config.batch_size
+    else:
+        steps_per_epoch = len(train_idx) // config.batch_size  # the last partial batch is dropped
+        train_count = len(train_idx)
     if steps_per_epoch == 0:
         raise DatasetFormatError(
             f"{ds.path}: the train split has {len(train_idx)} samples, fewer than one batch "
@@ -342,7 +379,8 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
         save_config(config, run_dir / "config" / "config.yaml")
     log(
         f"training {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
-        f"{len(train_idx):,} samples, {len(ds.classes):,} classes; {steps_per_epoch} steps/epoch, "
+        f"{train_count:,} {'fresh synthetic ' if config.synth_per_epoch else ''}samples per epoch, "
+        f"{len(ds.classes):,} classes; {steps_per_epoch} steps/epoch, "
         f"device {device}{f' x {procs.world} ranks' if procs.world > 1 else ''}, "
         f"amp {autocast_dtype or 'off'}; run folder {run_dir}"
     )
@@ -376,10 +414,7 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
 
     t_train = time.perf_counter()
     while epoch < config.epochs and not stopped_early:
-        # Every rank takes its slice of each global batch, in the (seed, epoch) order.
-        order = epoch_order(train_idx, config.seed, epoch)[: steps_per_epoch * config.batch_size]
-        batches = order.reshape(steps_per_epoch, config.batch_size)
-        batches = batches[step_in_epoch:, procs.rank * local_batch : (procs.rank + 1) * local_batch]
+        batches = epoch_batches(config, ds, train_idx, epoch, step_in_epoch, steps_per_epoch, procs)
         model.train()
         t_epoch, samples_seen = time.perf_counter(), 0
         bar = tqdm(
@@ -390,7 +425,7 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
             dynamic_ncols=True,
             leave=False,
         )
-        for images, labels in batch_loader(config, list(batches), device):
+        for images, labels in batch_loader(config, batches, device):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             images = augment_batch(

@@ -22,6 +22,24 @@ The stroke renderer works on a whole batch at once, on flat arrays of points:
    levels as in ETL9G (ink not saturated), then the contrast stretch of the
    project's image convention (see `finish_images`).
 
+Writer styles span pen and brush hands (see `draw_writer_styles`): hairline to heavier-than-bold
+pens; brushes whose width follows pressure, with the entry press, firm stop (tome), flick (hane)
+and tapering sweep (harai) of a Japanese hand, and dry-brush streaks; writer geometry (slant,
+aspect, compactness, the proportion of a character's two top-level components, size and placement);
+semi-cursive joins and shortened short strokes. What the literature on synthetic CJK
+handwriting suggested, and where it is used: personal style as a smooth deformation of standard
+stroke templates (Tan, Yin, Wu and Liu, "Chinese Handwriting Generation by Neural Network Based
+Style Transformation", ICIG 2017): the per-writer affine and elastic field; cursiveness and the
+spatial layout of components as the style variations that matter (Zong and Zhu, "StrokeBank:
+Automating Personalized Chinese Handwriting Generation", IAAI 2014): joins, shortened strokes,
+component proportions and compactness; a brush footprint that widens with pressure and runs dry
+(Wong and Ip, "Virtual brush: a model-based synthesis of Chinese calligraphy", Computers & Graphics
+24(1), 2000): the brush model below.
+
+Leave-styles-out: one region of this style space, brush hands that are also strongly
+semi-cursive (`HELD_OUT_REGION`), is never drawn for training (`draw_writer_styles(region="train")`)
+and only drawn to test on it (`region="held_out"`).
+
 Stages 1-6 run a sub-batch of samples at a time (`stroke_images`), so the float
 working arrays stay in cache and only uint8 images leave the renderer.
 
@@ -57,6 +75,10 @@ _PAD = 3  # canvas border (pixels) so that blur near the edge sees the ink just 
 _DENSE_SPACING = 1.0  # output pixels between resampled stroke points (the blur hides the spacing)
 _STORE_EVERY = 2  # stored stroke points keep every 2nd dense point (~2 px apart) and the last one
 _ELASTIC_MODES = 3  # plane waves summed into a sample's smooth elastic displacement
+_SHORT_STROKE = 14.0  # KanjiVG units: strokes shorter than this (dots, ticks) shrink in cursive hands
+# A brush's footprint: extra lines at these fractions of its half-width either side of the centre line
+# (pressure sets the half-width, so the ink widens as the brush is pressed).
+_BRUSH_OFFSETS = (-1.0, -0.5, 0.5, 1.0)
 # KanjiVG stroke types that end in a sweep or a hook: the pen lifts while moving, so ink fades.
 _SWEEP_MARKS = set("㇒㇏㇀㇁㇂㇃㇄㇅㇆㇇㇈㇉㇊㇋㇌㇍㇎㇚㇙㇟㇖㇗㇘㇛㇜㇝㇞㇡㇢")
 # Scan noise is the sum of 3 uniform random bytes (Irwin-Hall: within 1% of a Gaussian's quantiles up
@@ -89,29 +111,70 @@ STYLE_FIELDS = (
     "grain",  # ink texture strength
     "noise",  # background noise (grey levels)
     "background",  # background grey level
+    "brush",  # brush half-width at full pressure, pixels at 64x64 (0: a pen, width set by `pen` alone)
+    "dry",  # dry-brush streaks: how much of a brush's outer footprint drops out along a stroke
+    "press",  # brush entry press and firm stop (tome): extra pressure at stroke ends
+    "compact",  # stroke centres pulled towards (< 0) or pushed from (> 0) the character's centre
+    "proportion",  # spread of the first top-level component's share of the character (log scale)
+    "join_weight",  # pressure of the connecting traces of semi-cursive joins
 )
 
+# Brush hands that are also strongly semi-cursive: held out of training, to measure the step to
+# styles the model never saw (see `draw_writer_styles`).
+HELD_OUT_CURSIVE = 0.55
+REGIONS = ("train", "held_out", "all")
 
-def draw_writer_styles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Independent random writer styles: each field an array (n,)."""
+
+def draw_writer_styles(rng: np.random.Generator, n: int, region: str = "train") -> dict[str, np.ndarray]:
+    """Independent random writer styles: each field an array (n,).
+
+    ``region``: "train" never draws a held-out style (a brush hand with cursive >= HELD_OUT_CURSIVE:
+    such a draw has its cursiveness folded below the threshold), "held_out" draws only those, "all"
+    draws from the whole space.
+    """
+    if region not in REGIONS:
+        raise SynthError(f"unknown style region {region!r}; choose one of {', '.join(REGIONS)}")
     u = rng.uniform
+    # Pens: a few hairlines, mostly ordinary pens, a quarter heavier than bold print (with a high gain).
+    kind = u(0, 1, n)
+    pen = np.where(kind < 0.15, u(0.3, 0.5, n), np.where(kind < 0.75, u(0.5, 1.1, n), u(1.1, 1.6, n)))
+    brush = np.where(u(0, 1, n) < 0.35, u(0.6, 2.2, n), 0.0)
+    pen = np.where(brush > 0, u(0.45, 0.8, n), pen)
+    cursive = u(0.0, 0.85, n) * (u(0, 1, n) < 0.5)
+    if region == "held_out":
+        brush = u(0.8, 2.2, n)
+        pen = u(0.45, 0.8, n)
+        cursive = u(HELD_OUT_CURSIVE, 0.9, n)
+    elif region == "train":
+        cursive = np.where(brush > 0, cursive * (HELD_OUT_CURSIVE / 0.85) * 0.999, cursive)
     return {
-        "size": u(0.78, 0.98, n),
-        "aspect": np.exp(rng.normal(0, 0.07, n)),
-        "slant": rng.normal(0, 0.1, n),
-        "rotation": rng.normal(0, 0.04, n),
-        "pen": np.exp(u(np.log(0.5), np.log(1.1), n)),
+        "size": u(0.72, 0.98, n),
+        "aspect": np.exp(rng.normal(0, 0.09, n)),
+        "slant": rng.normal(0, 0.12, n),
+        "rotation": rng.normal(0, 0.05, n),
+        "pen": pen,
         "ink": u(0.5, 1.0, n),
-        "mess": u(0.3, 1.3, n),
-        "cursive": u(0.0, 0.3, n) * (u(0, 1, n) < 0.5),
+        "mess": u(0.3, 1.4, n),
+        "cursive": cursive,
         "gap": u(0.0, 0.05, n),
-        "length": rng.normal(0, 0.04, n),
-        "elastic": u(0.3, 1.4, n),
-        "gain": u(1.5, 3.0, n),
+        "length": rng.normal(0, 0.05, n),
+        "elastic": u(0.3, 1.5, n),
+        "gain": np.where(kind >= 0.75, u(2.5, 4.0, n), u(1.5, 3.0, n)),
         "grain": u(0.0, 0.35, n),
         "noise": u(0.15, 0.6, n),
         "background": u(0.0, 1.3, n),
+        "brush": brush,
+        "dry": np.where(brush > 0, u(0.0, 0.7, n), 0.0),
+        "press": u(0.0, 0.5, n),
+        "compact": rng.normal(0, 0.07, n),
+        "proportion": u(0.0, 0.15, n),
+        "join_weight": u(0.2, 0.8, n),
     }
+
+
+def in_held_out_region(style: dict[str, np.ndarray]) -> np.ndarray:
+    """Which styles lie in the held-out region (brush hands with cursive >= HELD_OUT_CURSIVE)."""
+    return (style["brush"] > 0) & (style["cursive"] >= HELD_OUT_CURSIVE)
 
 
 def _sample_styles(
@@ -139,6 +202,12 @@ class StrokeBank:
     stroke_sweep: np.ndarray  # (K,) bool
     char_first: np.ndarray  # (C,) index of the character's first stroke
     char_nstrokes: np.ndarray  # (C,)
+    # The character's top-level split into two components, for writer-level proportions: the axis
+    # (0 none, 1 left/right, 2 top/bottom), the extent along it and the boundary (lo, boundary, hi) in
+    # KanjiVG units, and which side each stroke belongs to (0 first, 1 second, -1 neither).
+    char_split_axis: np.ndarray  # (C,) int8
+    char_split: np.ndarray  # (C, 3) float64
+    stroke_part: np.ndarray  # (K,) int8
 
     @classmethod
     def build(cls, entries: Sequence[KanjiEntry]) -> StrokeBank:
@@ -150,6 +219,7 @@ class StrokeBank:
         step[:-1] = points[1:] - points[:-1]
         step[first + npoints - 1] = 0.0  # no step across stroke boundaries
         nstrokes = np.array([len(e.strokes) for e in entries], dtype=np.int64)
+        splits = [_top_level_split(e) for e in entries]
         return cls(
             chars=tuple(e.char for e in entries),
             point_step=np.concatenate([points, step], axis=1),
@@ -159,7 +229,32 @@ class StrokeBank:
             stroke_sweep=np.array([any(ch in _SWEEP_MARKS for ch in s.type) for s in strokes]),
             char_first=np.cumsum(nstrokes) - nstrokes,
             char_nstrokes=nstrokes,
+            char_split_axis=np.array([a for a, _, _ in splits], dtype=np.int8),
+            char_split=np.array([b for _, b, _ in splits], dtype=np.float64).reshape(len(entries), 3),
+            stroke_part=np.concatenate([p for _, _, p in splits]).astype(np.int8),
         )
+
+
+_SPLIT_POSITIONS = {("left", "right"): 1, ("top", "bottom"): 2}
+
+
+def _top_level_split(entry: KanjiEntry) -> tuple[int, tuple[float, float, float], np.ndarray]:
+    """(axis, (lo, boundary, hi), part of each stroke) of a character whose root has exactly a
+    left/right or top/bottom pair of components; axis 0 and parts -1 otherwise."""
+    part = np.full(len(entry.strokes), -1, dtype=np.int8)
+    children = entry.root.children
+    axis = _SPLIT_POSITIONS.get(tuple(c.position for c in children), 0)
+    if not axis or not all(c.stroke_indices for c in children):
+        return 0, (0.0, 0.0, 0.0), part
+    for side, child in enumerate(children):
+        part[list(child.stroke_indices)] = side
+    dim = axis - 1
+    coords = [np.concatenate([entry.strokes[i].points[:, dim] for i in c.stroke_indices]) for c in children]
+    lo, hi = float(coords[0].min()), float(coords[1].max())
+    boundary = (float(coords[0].max()) + float(coords[1].min())) / 2
+    if not lo < boundary < hi:  # overlapping components: no clean boundary to move
+        return 0, (0.0, 0.0, 0.0), np.full(len(entry.strokes), -1, dtype=np.int8)
+    return axis, (lo, boundary, hi), part
 
 
 def _ragged_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +396,8 @@ def _render_stroke_batch(
     # -- 1. trimmed / extended ends, as fractions of the stroke (outside [0, 1] extrapolates along the
     # end tangent)
     change = style["length"][stroke_sample] + rng.normal(0, 0.04, k) * mess
+    # Semi-cursive hands shorten short strokes: dots become ticks that lead into the next stroke.
+    change -= np.where(length < _SHORT_STROKE, style["cursive"][stroke_sample] * rng.uniform(0.1, 0.5, k), 0)
     start_trim = rng.uniform(-0.5, 0.5, k) * change - 0.5 * change
     end_ext = 1.0 + change + start_trim
     span_px = length * (end_ext - start_trim) * units_to_px
@@ -322,17 +419,25 @@ def _render_stroke_batch(
         np.exp(rng.normal(0, 0.05, k) * mess),
         np.exp(rng.normal(0, 0.05, k) * mess),
     )
-    centre = (starts + ends) / 2
+    # Writer geometry: the first of two top-level components gets a larger or smaller share of the
+    # character (an axis-aligned map per stroke, u -> scale * u + shift), and stroke centres are pulled
+    # towards the box centre or pushed from it (compactness).
+    comp_scale, comp_shift = _component_maps(bank, char_index, stroke, stroke_sample, style, rng)
+    centre = comp_scale * (starts + ends) / 2 + comp_shift
     move = rng.normal(0, 1.0, (k, 2)) * mess[:, None]
+    move += style["compact"][stroke_sample, None] * (centre - KANJIVG_BOX / 2)
 
     # -- 3. per-stroke jitter and the global affine into canvas pixels, composed per stroke:
     # G (J (u - c) + c + m - 54.5) + shift = (G J) u + [G (c + m - 54.5 - J c) + shift]
     glob, shift = _global_affine(style, rng, size)
+    # With the component map C u = D u + t first: G (J (C u - c) + c + m - 54.5) + shift
+    # = (G J D) u + [G (c + m - 54.5 - J c + J t) + shift], c the mapped centre.
     gs = glob[stroke_sample]
-    mat = gs @ jitter
-    off = (gs @ (centre + move - KANJIVG_BOX / 2 - (jitter @ centre[:, :, None])[:, :, 0])[:, :, None])[
-        :, :, 0
-    ]
+    gj = gs @ jitter
+    mat = gj * comp_scale[:, None, :]
+    off = (gs @ (centre + move - KANJIVG_BOX / 2)[:, :, None])[:, :, 0] + (
+        gj @ (comp_shift - centre)[:, :, None]
+    )[:, :, 0]
     # Canvas coordinates put pixel centres on integers, with the border: a constant shift, which the
     # elastic waves' uniform random phases do not notice.
     off += shift[stroke_sample] + (_PAD - 0.5)
@@ -347,6 +452,13 @@ def _render_stroke_batch(
     has_gap = rng.uniform(0, 1, k) < style["gap"][stroke_sample]
     gap_start = np.where(has_gap, rng.uniform(0.2, 0.7, k), 2.0)
     gap_end = gap_start + rng.uniform(0.04, 0.12, k)
+    # Stroke ends: a brush presses in at the start; a firm stop (tome) presses at the end of strokes that
+    # do not sweep out; sweeps and flicks (harai, hane) taper instead (above).
+    is_brush = style["brush"][stroke_sample] > 0
+    press = style["press"][stroke_sample] * rng.uniform(0.5, 1.5, k)
+    entry_press = np.where(is_brush, press, 0.0)
+    tome = np.where(bank.stroke_sweep[stroke], 0.0, press * rng.uniform(0.3, 1.0, k))
+    brush_px = style["brush"][stroke_sample] * px * np.exp(rng.normal(0, 0.1, k))
 
     # -- per point: one float32 table of per-stroke values repeated out to the points
     start_pt = np.cumsum(ndense) - ndense
@@ -378,6 +490,8 @@ def _render_stroke_batch(
             weight * swell[:, 1],
             gap_start,
             gap_end,
+            entry_press,
+            tome,
         ]
     ).astype(f32)
     rows = iter(np.repeat(table, ndense, axis=1))
@@ -386,7 +500,7 @@ def _render_stroke_batch(
     m00, m01, m10, m11, o0, o1 = (next(rows) for _ in range(6))
     modes = _ELASTIC_MODES
     r_fx, r_fy, r_phase, r_ax, r_ay = ([next(rows) for _ in range(modes)] for _ in range(5))
-    r_ramp, r_taper, r_weight, r_swell0, r_swell1, r_gap0, r_gap1 = rows
+    r_ramp, r_taper, r_weight, r_swell0, r_swell1, r_gap0, r_gap1, r_entry, r_tome = rows
     i_first, i_base = np.repeat(np.stack([first, stroke_sample]), ndense, axis=1)
     tmp = np.empty(m, f32)
 
@@ -449,11 +563,23 @@ def _render_stroke_batch(
     fade *= r_taper
     np.subtract(1, fade, out=fade)
     pressure *= fade
+    ends = np.square(t * f32(1 / 0.08), out=fade)
+    np.exp(-ends, out=ends)
+    pressure += np.multiply(r_entry, ends, out=ends)
+    ends = np.subtract(1, t, out=fade)
+    ends *= f32(1 / 0.07)
+    np.square(ends, out=ends)
+    np.exp(-ends, out=ends)
+    pressure += np.multiply(r_tome, ends, out=ends)
+    profile = pressure.copy()  # the pressure's shape along the stroke: a brush's width follows it
     factor = np.multiply(r_swell0, sin1, out=fade)
     factor += np.multiply(r_swell1, cos2, out=tmp)
     factor += r_weight
     pressure *= factor
     pressure[(t > r_gap0) & (t < r_gap1)] = 0.0
+    brush_x, brush_y, brush_sample, brush_weight = _brush_footprints(
+        x, y, t, i_base, pressure, profile, start_pt, ndense, brush_px, style["dry"][stroke_sample], rng
+    )
 
     # -- joins: a light hairline from the end of a stroke to the start of the next one of the same sample
     last_pt = start_pt + ndense - 1
@@ -469,12 +595,16 @@ def _render_stroke_batch(
         d = jb - ja
         sag = np.stack([-d[:, 1], d[:, 0]], axis=1) * rng.uniform(-0.15, 0.15, len(jd))[:, None]
         jp = (ja[j_owner] + jt * d[j_owner] + np.sin(np.pi * jt) * sag[j_owner]).astype(f32)
-        j_pressure = rng.uniform(0.2, 0.45, len(jd))[j_owner] * (_DENSE_SPACING * px)
-        splat_x, splat_y = np.concatenate([x, jp[:, 0]]), np.concatenate([y, jp[:, 1]])
-        splat_sample = np.concatenate([i_base, stroke_sample[:-1][join][j_owner]])
-        splat_weight = np.concatenate([pressure, j_pressure.astype(f32)])
+        j_weight = style["join_weight"][s[:-1]][join]
+        j_pressure = (rng.uniform(0.5, 1.0, len(jd)) * j_weight)[j_owner] * (_DENSE_SPACING * px)
+        j_x, j_y, j_sample, j_weight = jp[:, 0], jp[:, 1], stroke_sample[:-1][join][j_owner], j_pressure
     else:
-        splat_x, splat_y, splat_sample, splat_weight = x, y, i_base, pressure
+        j_x = j_y = j_weight = np.empty(0, f32)
+        j_sample = np.empty(0, np.int64)
+    splat_x = np.concatenate([x, brush_x, j_x])
+    splat_y = np.concatenate([y, brush_y, j_y])
+    splat_sample = np.concatenate([i_base, brush_sample, j_sample])
+    splat_weight = np.concatenate([pressure, brush_weight, j_weight.astype(f32)])
 
     # -- 5. ink: the saturating curve (1 - exp(-gain d)) / (1 - exp(-gain)) of the pen-blurred density d.
     # A Gaussian line profile peaks at 1 / (sqrt(2 pi) sigma): scaled so a full-pressure line peaks at 1.
@@ -497,6 +627,93 @@ def _render_stroke_batch(
         bounds = np.concatenate([[0], np.cumsum(bank.char_nstrokes[char_index])])
         strokes = [pieces[bounds[i] : bounds[i + 1]] for i in range(n)]
     return ink, ink_scale, strokes
+
+
+def _component_maps(
+    bank: StrokeBank,
+    char_index: np.ndarray,
+    stroke: np.ndarray,
+    stroke_sample: np.ndarray,
+    style: dict[str, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per stroke (k, 2) scale and shift in KanjiVG units that give the first of a character's two
+    top-level components the share r of their joint extent instead of its own (r drawn per sample
+    around 1 with the writer's ``proportion`` spread), the second component taking the rest."""
+    k = len(stroke)
+    scale, shift = np.ones((k, 2)), np.zeros((k, 2))
+    chars = char_index[stroke_sample]
+    axis = bank.char_split_axis[chars]
+    part = bank.stroke_part[stroke]
+    ratio = np.exp(rng.normal(0, 1, len(char_index)) * style["proportion"])[stroke_sample]
+    moved = (axis > 0) & (part >= 0)
+    if not moved.any():
+        return scale, shift
+    lo, boundary, hi = bank.char_split[chars[moved]].T
+    r = ratio[moved]
+    first_w, second_w = boundary - lo, hi - boundary
+    # The second component keeps at least 60% of its extent.
+    r = np.minimum(r, (first_w + 0.4 * second_w) / first_w)
+    second_scale = (hi - lo - r * first_w) / second_w
+    first = part[moved] == 0
+    s = np.where(first, r, second_scale)
+    t = np.where(first, lo * (1 - r), hi * (1 - second_scale))
+    dim = axis[moved].astype(np.int64) - 1
+    rows = np.flatnonzero(moved)
+    scale[rows, dim] = s
+    shift[rows, dim] = t
+    return scale, shift
+
+
+def _brush_footprints(
+    x: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+    point_sample: np.ndarray,
+    pressure: np.ndarray,
+    profile: np.ndarray,
+    start_pt: np.ndarray,
+    ndense: np.ndarray,
+    brush_px: np.ndarray,
+    dry: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Extra splat points (x, y, sample, weight) that widen brush strokes: lines either side of the
+    centre line at `_BRUSH_OFFSETS` of a half-width that follows the pressure ``profile``, so a pressed
+    brush is wide and a lifting one thin. Dry brush: the outer lines drop out in streaks, more towards
+    a stroke's end as the ink runs out. Strokes of pen writers (``brush_px`` 0) add nothing."""
+    f32 = np.float32
+    k = len(ndense)
+    stroke_of_point = np.repeat(np.arange(k), ndense)
+    on = np.flatnonzero(brush_px[stroke_of_point] > 0)
+    if len(on) == 0:
+        empty = np.empty(0, f32)
+        return empty, empty, np.empty(0, np.int64), empty
+    # Tangents by central differences, one-sided at each stroke's ends.
+    last_pt = start_pt + ndense - 1
+    nxt = np.minimum(np.arange(len(x)) + 1, len(x) - 1)
+    prv = np.maximum(np.arange(len(x)) - 1, 0)
+    nxt[last_pt] = last_pt
+    prv[start_pt] = start_pt
+    nxt, prv = nxt[on], prv[on]
+    tx, ty = x[nxt] - x[prv], y[nxt] - y[prv]
+    norm = np.maximum(np.hypot(tx, ty), f32(1e-6))
+    half = (brush_px[stroke_of_point[on]] * profile[on]).astype(f32) / norm
+    nx, ny = -ty * half, tx * half
+    n_lines = len(_BRUSH_OFFSETS)
+    offsets = np.array(_BRUSH_OFFSETS, f32)[:, None]
+    out_x = (x[on][None, :] + offsets * nx[None, :]).reshape(-1)
+    out_y = (y[on][None, :] + offsets * ny[None, :]).reshape(-1)
+    # Streaks: per stroke and line a random sinusoid along the stroke; dryness grows towards the end.
+    stroke_on = stroke_of_point[on]
+    freq = rng.uniform(1.5, 6.0, (n_lines, k)).astype(f32)
+    phase = rng.uniform(0, 2 * np.pi, (n_lines, k)).astype(f32)
+    wave = np.sin(freq[:, stroke_on] * f32(2 * np.pi) * t[on][None, :] + phase[:, stroke_on])
+    depth = (dry[stroke_on] * (0.3 + 0.7 * t[on])).astype(f32)[None, :] * np.abs(offsets)
+    keep = np.clip(1 - 2 * depth * (0.5 + 0.5 * wave), 0, 1)
+    weight = (pressure[on][None, :] * f32(0.7) * keep).reshape(-1)
+    sample = np.tile(point_sample[on], n_lines)
+    return out_x.astype(f32), out_y.astype(f32), sample, weight.astype(f32)
 
 
 def _splat(

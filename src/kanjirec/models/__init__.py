@@ -26,6 +26,7 @@ _REGISTRY: dict[str, type[RecognitionModel]] = {}
 # Families are imported lazily on first use, so a new family only needs a line here.
 _FAMILY_MODULES = (
     "kanjirec.models.cnn",
+    "kanjirec.models.mobile_cnn",
     "kanjirec.models.radical",
     "kanjirec.models.grid_rnn",
     "kanjirec.models.stroke_rnn",

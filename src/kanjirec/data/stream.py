@@ -1,0 +1,124 @@
+"""Fresh synthetic training batches, rendered on the fly: the model never sees a sample twice.
+
+`SynthBatches` is a map-style dataset whose item i is training step i of one epoch: a batch of
+classes drawn uniformly, each sample written by a new random writer (`synth.draw_writer_styles`, in
+its training region only) or, for a fraction of the samples, drawn from a training font face with
+the same distortions. Everything random comes from a generator seeded by (seed, epoch, step, rank),
+so a batch depends on nothing else: not on the DataLoader's worker count, and a run resumed in the
+middle of an epoch renders exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kanjirec.data.synth import SynthError, draw_writer_styles, font_images, stroke_images
+
+
+def training_font_faces() -> list:
+    """The print faces fresh batches draw from: the installed training faces (never a held-out one)."""
+    from kanjirec.data.fonts import default_fonts
+
+    return list(default_fonts())
+
+
+class SynthBatches(Dataset):
+    """Item i: (uint8 images (b, 1, S, S), int64 labels (b,)) of step ``first + i`` of ``epoch``."""
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        *,
+        seed: int,
+        epoch: int,
+        rank: int,
+        steps: int,
+        batch_size: int,
+        font_fraction: float,
+        first: int = 0,
+        size: int = 64,
+    ) -> None:
+        if not 0.0 <= font_fraction <= 1.0:
+            raise SynthError(f"synth_font_fraction must lie in [0, 1], got {font_fraction}")
+        self.classes = list(classes)
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+        self.steps, self.first, self.batch_size = steps, first, batch_size
+        self.font_fraction, self.size = font_fraction, size
+        self._sources = None  # built lazily in each worker process: nothing heavy is pickled
+
+    def __len__(self) -> int:
+        return self.steps - self.first
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sources": None}
+
+    def _build(self):
+        if self._sources is None:
+            self._sources = _Sources.build(self.classes, self.font_fraction > 0, self.size)
+        return self._sources
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        src = self._build()
+        step = self.first + i
+        rng = np.random.default_rng([self.seed, self.epoch, step, self.rank, 0x5EED])
+        labels = rng.integers(0, len(self.classes), self.batch_size)
+        # A sample is a font sample if asked for and some face covers it; classes without strokes
+        # always are.
+        want_font = (rng.uniform(0, 1, self.batch_size) < self.font_fraction) & src.covered[labels]
+        use_font = want_font | ~src.has_strokes[labels]
+        images = np.empty((self.batch_size, self.size, self.size), np.uint8)
+        strokes = np.flatnonzero(~use_font)
+        if len(strokes):
+            style = draw_writer_styles(rng, len(strokes), region="train")
+            images[strokes], _ = stroke_images(
+                src.bank, src.bank_index[labels[strokes]], style, rng, self.size
+            )
+        fonts = np.flatnonzero(use_font)
+        if len(fonts):
+            # Each font sample takes a random face among those that cover its class.
+            faces = np.array([rng.choice(src.faces_of[c]) for c in labels[fonts]])
+            for face in np.unique(faces):
+                rows = fonts[faces == face]
+                style = draw_writer_styles(rng, len(rows), region="train")
+                style = {**style, "size": rng.uniform(0.8, 0.95, len(rows)), "mess": np.zeros(len(rows))}
+                cache = src.caches[face]
+                images[rows] = font_images(
+                    cache, [self.classes[c] for c in labels[rows]], style, rng, self.size
+                )
+                cache.clear()  # a few glyphs per batch: drawing them again is cheaper than keeping thousands
+        return torch.from_numpy(images)[:, None], torch.from_numpy(labels.astype(np.int64))
+
+
+class _Sources:
+    """What one process needs to render any class: the stroke bank and the font faces."""
+
+    @classmethod
+    def build(cls, classes: Sequence[str], with_fonts: bool, size: int) -> _Sources:
+        from kanjirec.data.fonts import GlyphCache
+        from kanjirec.data.kanjivg import load_kanjivg
+        from kanjirec.data.synth import StrokeBank
+
+        torch.set_num_threads(1)
+        kvg = load_kanjivg()
+        self = cls()
+        self.has_strokes = np.array([c in kvg for c in classes])
+        stroke_classes = [c for c in classes if c in kvg]
+        self.bank = StrokeBank.build([kvg[c] for c in stroke_classes])
+        self.bank_index = np.full(len(classes), -1, np.int64)
+        self.bank_index[self.has_strokes] = np.arange(len(stroke_classes))
+        faces = training_font_faces() if with_fonts else []
+        self.caches = [GlyphCache(f, 2 * size, smooth=True) for f in faces]
+        cover = np.array([f.covers(classes) for f in faces]).reshape(len(faces), len(classes))
+        self.covered = cover.any(axis=0)
+        self.faces_of = [np.flatnonzero(cover[:, j]) for j in range(len(classes))]
+        missing = [c for j, c in enumerate(classes) if not self.has_strokes[j] and not self.covered[j]]
+        if missing:
+            raise SynthError(
+                f"{len(missing)} classes have neither KanjiVG strokes nor a glyph in a training font: "
+                f"{''.join(missing[:50])}"
+            )
+        return self
