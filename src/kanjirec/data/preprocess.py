@@ -144,20 +144,28 @@ def open_image(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"{path}: no such image file")
+    with warnings.catch_warnings():
+        # Pillow warns from 89 megapixels on (ours is the lower limit, checked below) and about
+        # damaged metadata it skips; the user gets our error or the image, not Pillow's warnings.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        return _open_checked(path)
+
+
+def _open_checked(path: Path) -> Image.Image:
     limit = f"the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+    # Pillow's parsers raise many types on damaged data (OSError, SyntaxError, ValueError, EOFError,
+    # struct.error, ...); each means the same to the user: this file is not a readable image.
     try:
-        with warnings.catch_warnings():
-            # Pillow warns from 89 megapixels on; ours is the lower limit, checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)  # reads the header only
+        im = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as e:  # over twice Pillow's limit: the size is in its message
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(pixels[1]) / 1e6:,.0f} megapixels" if pixels else "an image of that many pixels"
         raise ImageInputError(f"{path}: {size} is over {limit}; scale it down first") from e
     except UnidentifiedImageError as e:
         raise ImageInputError(f"{path}: not an image file Pillow can read (PNG, JPEG, BMP, TIFF, ...)") from e
-    except OSError as e:
-        raise ImageInputError(f"{path}: cannot be read ({e})") from e
+    except Exception as e:
+        raise ImageInputError(f"{path}: not a readable image ({e})") from e
     width, height = im.size
     if width * height > MAX_IMAGE_PIXELS:
         im.close()
@@ -167,8 +175,6 @@ def open_image(path: str | Path) -> Image.Image:
         )
     try:
         im.load()
-    # Pillow's decoders raise many types on damaged data (OSError, SyntaxError, ValueError,
-    # EOFError, struct.error, ...); each means the same to the user: this file is damaged.
     except Exception as e:
         im.close()
         raise ImageInputError(f"{path}: truncated or damaged {im.format or ''} image ({e})") from e

@@ -475,6 +475,7 @@ _META_TYPES = {
     "writers": list,
     "shards": list,
     "split": dict,
+    "convention": str,
 }
 
 
@@ -523,8 +524,8 @@ def _load_strokes(path: Path, count: int) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             st = {k: z[k] for k in ("points", "stroke_ptr", "sample_ptr")}
-    except (ValueError, OSError, EOFError, KeyError) as e:
-        raise DatasetFormatError(f"{path}: unreadable ({e})") from e
+    except Exception as e:  # as in _load: zip, header and array errors all mean a damaged file
+        raise DatasetFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     points, strokes, samples = st["points"], st["stroke_ptr"], st["sample_ptr"]
     consistent = (
         points.ndim == 2
@@ -550,5 +551,7 @@ def _load(path: Path, mmap: bool) -> np.ndarray:
         raise DatasetFormatError(f"{path}: missing file of the packed dataset")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DatasetFormatError(f"{path}: unreadable ({e})") from e
+    # A damaged header reaches numpy's parser, which raises more than ValueError (tokenize's
+    # TokenError, SyntaxError, ...); each means the same to the user: this file is damaged.
+    except Exception as e:
+        raise DatasetFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
