@@ -220,3 +220,19 @@ def test_open_image_limit_is_one_constant(monkeypatch, tmp_path):
         preprocess.open_image(path)
     with pytest.raises(ImageInputError, match="no such image file"):
         preprocess.open_image(tmp_path / "missing.png")
+
+
+def test_import_csv_errors_name_the_line(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("path,character\nx.png,\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match="latin1.csv: not UTF-8 text"):
+        import_images(tmp_path / "latin1.csv", tmp_path / "a")
+    (tmp_path / "short.csv").write_text("path,character\nx.png\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="short.csv, line 2: character '' is not one character"):
+        import_images(tmp_path / "short.csv", tmp_path / "b")
+    (tmp_path / "nopath.csv").write_text("path,character\n,明\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="nopath.csv, line 2: no image path"):
+        import_images(tmp_path / "nopath.csv", tmp_path / "c")
+    (tmp_path / "missing.csv").write_text("path,character,writer\nnone.png,明,w1\n", encoding="utf-8")
+    with pytest.raises(ImageInputError, match="none.png: no such image file"):
+        import_images(tmp_path / "missing.csv", tmp_path / "d", split="random")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".csv"] * 4

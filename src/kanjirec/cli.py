@@ -66,7 +66,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skip-bad-records",
         action="store_true",
-        help="skip records that fail to decode (each one is reported) instead of stopping",
+        help="skip records that fail a check of their format (each one is reported) instead of stopping; "
+        "a file with more than 5%% bad records is still refused whole",
     )
     p.set_defaults(func=_data_prepare)
 

@@ -9,10 +9,18 @@ other formats go through the same extractor. `decode_records` reads any layout
 over a whole block of records with numpy; labels are decoded through lookup
 tables built once from Python's codecs (`kanjirec.charset`).
 
+Checks: each field's table entry carries what the format allows (``Valid``:
+ranges, constants, printable ASCII readings, dates), a set adds its files' own
+ranges (ETL2 serials, ETL8B2 codes, ETL9B sheets), and the label and writer key
+add theirs; all run vectorised over a block. A record failing one is a bad
+record named by file, record and field; a file with more than BAD_RECORD_LIMIT
+of them is refused whole, even when bad records are skipped.
+
 Writer identity: every sample gets a writer key ``"<GROUP>/<id>"``. Sets made
 from the same sheets share a group (ETL8B/ETL8G -> ETL8, ETL9B/ETL9G -> ETL9,
-ETL7L/ETL7S -> ETL7) so that a combined dataset never puts one writer's samples
-on both sides of a writer-disjoint split.
+ETL7L/ETL7S -> ETL7) and, for ETL8 and ETL9, the same data-set numbers (see
+SETS), so that a combined dataset never puts one writer's samples on both sides
+of a writer-disjoint split.
 """
 
 from __future__ import annotations
@@ -1007,7 +1015,7 @@ class BadShare:
             raise EtlFormatError(
                 f"{self.first}; {self.count} of the file's {self.total:,} records are bad (more than "
                 f"{BAD_RECORD_LIMIT:.0%}): not a damaged {self.s.name} file but a different or corrupt "
-                f"one, refused whole even with skip_bad_records"
+                f"one, refused whole even when bad records are skipped"
             )
 
 
