@@ -40,6 +40,7 @@ from kanjirec.charset import jis0201_table, jis0208_table
 from kanjirec.errors import EtlFormatError
 
 __all__ = [
+    "BAD_RECORD_LIMIT",
     "LAYOUTS",
     "SETS",
     "BadRecord",
@@ -48,6 +49,7 @@ __all__ = [
     "Field",
     "ImageField",
     "Layout",
+    "Valid",
     "decode_records",
     "encode_records",
     "find_etl_files",
@@ -908,7 +910,7 @@ def iter_etl_file(
     L = layout.record_size
     n_records, rest = divmod(size, L)
     pending_bad: list[BadRecord] = []
-    limit = BadShare(s, path, n_records + (1 if rest else 0))
+    limit = _BadShare(s, path, n_records + (1 if rest else 0))
     if rest:
         msg = (
             f"{size} bytes is not a whole number of {L}-byte {s.name} records "
@@ -998,7 +1000,7 @@ def iter_etl_file(
             yield _empty_samples(s, path, pending_bad)
 
 
-class BadShare:
+class _BadShare:
     """Counts a file's bad records and refuses the file once more than BAD_RECORD_LIMIT are bad."""
 
     def __init__(self, s: EtlSet, path: Path, total: int):
