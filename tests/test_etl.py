@@ -133,7 +133,7 @@ def test_etl9g_writer_is_the_data_set_of_aists_sample_rows(tmp_path):
     for name, index, sheet, key in rows:
         s = read_etl_file(_etl9g_file(tmp_path / name, index, sheet))
         assert s.writers[index] == key, name
-    # The fourth data set of a file starts at record 3 x 3,036, the second at 3,036.
+    # The second data set of a file starts at record 3,036.
     s = read_etl_file(_etl9g_file(tmp_path / "b" / "ETL9G_11", 0, 1, records=3037))
     assert (s.writers[:3036] == "ETL9/ds041").all() and s.writers[3036] == "ETL9/ds042"
 
@@ -162,6 +162,15 @@ def test_writer_disjoint_split_of_etl9_separates_writers(tmp_path):
     assert (
         sorted(ds.sources[k] for k in ds.source_ids[ds.writer_ids == ds041]) == ["ETL9B"] * 2 + ["ETL9G"] * 3
     )
+
+
+def test_records_beyond_a_files_data_sets_are_refused(tmp_path):
+    # ETL8G_32 holds data sets 156-160, 5 x 956 records; a record after them has no writer.
+    path = write(tmp_path / "ETL8G_32", [g_record(0x3021, 1, etl9g=False)] * (5 * 956 + 1))
+    with pytest.raises(EtlFormatError, match=r"ETL8G_32: record 4780: beyond the 4,780 records"):
+        read_etl_file(path)
+    s = read_etl_file(path, skip_bad_records=True)
+    assert len(s) == 4780 and s.writers[0] == "ETL8/ds156" and s.writers[-1] == "ETL8/ds160"
 
 
 def test_file_numbers_outside_the_set_are_refused(tmp_path):
