@@ -137,8 +137,10 @@ def k_record(
     source: str = "A",
     image: np.ndarray | None = None,
     serial: int = 1,
+    typeface: str | None = None,
 ) -> bytes:
     image = pattern(60, 60, 64) if image is None else image
+    typeface = typeface or ("GOTHIC" if source in "BD" else "MINCHO")  # A, C Mincho; B, D Gothic
     w = BitWriter()
     w.put(serial, 36)  # units 1-6
     w.put(t56(source)[0], 6)  # unit 7
@@ -146,7 +148,7 @@ def k_record(
         w.put(u, 6)
     for u in t56(class_word):  # units 13-18
         w.put(u, 6)
-    for u in t56("MINCHO"):  # units 19-24
+    for u in t56(typeface):  # units 19-24
         w.put(u, 6)
     w.put(0, 4 * 6)  # units 25-28
     w.put(c1, 6)  # unit 29

@@ -18,12 +18,14 @@ from etl_records import (
 )
 from kanjirec.data.etl import (
     LAYOUTS,
+    SETS,
     decode_records,
     encode_records,
     find_etl_files,
     load_co59_table,
     prepare_etl,
     read_etl_file,
+    set_of_file,
 )
 from kanjirec.errors import EtlFormatError
 
@@ -38,8 +40,8 @@ def test_etl9g_characters_writers_and_pixels(tmp_path):
     s = read_etl_file(path)
     assert list(s.chars) == ["亜", "あ", "腕", "綾"]
     assert list(s.codes) == [0x3021, 0x2422, 0x4F53, 0x303D]
-    # 20 sheets per ETL9 data set.
-    assert list(s.writers) == ["ETL9/ds001", "ETL9/ds001", "ETL9/ds002", "ETL9/ds041"]
+    # The writer is the data set from the position (ETL9G_01 starts with data set 1), not the sheet.
+    assert list(s.writers) == ["ETL9/ds001"] * 4
     assert s.images.shape == (4, 127, 128) and s.images.dtype == np.uint8
     np.testing.assert_array_equal(s.images[0], pattern(127, 128, 16))
     assert s.images[0, 0, :3].tolist() == [0, 1, 2] and s.images[0, 1, 0] == 3
@@ -50,7 +52,10 @@ def test_etl8g_image_offset_differs_from_etl9g(tmp_path):
     img = pattern(127, 128, 16)
     s8 = read_etl_file(write(tmp_path / "ETL8G_01", [g_record(0x2422, 11, img, etl9g=False)]))
     np.testing.assert_array_equal(s8.images[0], img)
-    assert list(s8.chars) == ["あ"] and list(s8.writers) == ["ETL8/ds002"]  # 10 sheets per data set
+    assert list(s8.chars) == ["あ"] and list(s8.writers) == ["ETL8/ds001"]
+    # ETL8G file n holds data sets 5(n-1)+1 .. 5n: ETL8G_02 starts with data set 6, whatever its sheet.
+    s8 = read_etl_file(write(tmp_path / "ETL8G_02", [g_record(0x2422, 11, img, etl9g=False)]))
+    assert list(s8.writers) == ["ETL8/ds006"]
     # The same bytes read with the ETL9G layout start 4 bytes (8 pixels) late: the trap the layouts avoid.
     recs = np.frombuffer(g_record(0x2422, 11, img, etl9g=False), np.uint8)[None]
     shifted = decode_records(recs, LAYOUTS["G9"])["image"][0]
@@ -92,13 +97,85 @@ def test_etl8b2_drops_dummy_and_decodes_binary_images(tmp_path):
 def test_etl9b_record_size_and_tail_bytes_are_not_image(tmp_path):
     img = pattern(63, 64, 16) % 2
     path = write(
-        tmp_path / "ETL9B_1",
-        [b_dummy(True), b_record(0x2422, 1, img, True), b_record(0x303D, 801, img, True)],
+        tmp_path / "ETL9B_2",
+        [b_dummy(True), b_record(0x2422, 801, img, True), b_record(0x303D, 1600, img, True)],
     )
     s = read_etl_file(path)
     assert list(s.chars) == ["あ", "綾"]
-    assert list(s.writers) == ["ETL9/ds001", "ETL9/ds041"]
+    assert list(s.writers) == ["ETL9/ds041", "ETL9/ds080"]  # 20 sheets per data set
     np.testing.assert_array_equal(s.images[0], img)
+
+
+def test_etl9b_sheet_must_lie_in_its_files_range(tmp_path):
+    # ETL9B_n holds sheets 800(n-1)+1 .. 800n; sheet 801 belongs to ETL9B_2, not ETL9B_1.
+    path = write(
+        tmp_path / "ETL9B_1",
+        [b_dummy(True), b_record(0x2422, 1, etl9b=True), b_record(0x2422, 801, etl9b=True)],
+    )
+    with pytest.raises(EtlFormatError, match=r"ETL9B_1: record 2: sheet 801 is not 1..800"):
+        read_etl_file(path)
+
+
+# ---------------------------------------------------------------- writer keys (AIST's ETL9 sample rows)
+
+
+def _etl9g_file(path, sample_index, sheet, records=None):
+    """An ETL9G file whose record ``sample_index`` has ``sheet``, as in AIST's sample rows."""
+    records = records or sample_index + 1
+    return write(path, [g_record(0x3021, sheet if k == sample_index else 1) for k in range(records)])
+
+
+def test_etl9g_writer_is_the_data_set_of_aists_sample_rows(tmp_path):
+    # AIST's ETL9 page: ETL9G_01 record 1 has sheet 1, ETL9G_11 record 101 sheet 1, ETL9G_21 record 201
+    # sheet 2, ETL9G_41 record 401 sheet 3; ETL9G_11 holds data sets 41-44 (4 of 3,036 records a file).
+    rows = [("ETL9G_01", 0, 1, "ETL9/ds001"), ("ETL9G_11", 100, 1, "ETL9/ds041")]
+    rows += [("ETL9G_21", 200, 2, "ETL9/ds081"), ("ETL9G_41", 400, 3, "ETL9/ds161")]
+    for name, index, sheet, key in rows:
+        s = read_etl_file(_etl9g_file(tmp_path / name, index, sheet))
+        assert s.writers[index] == key, name
+    # The second data set of a file starts at record 3,036.
+    s = read_etl_file(_etl9g_file(tmp_path / "b" / "ETL9G_11", 0, 1, records=3037))
+    assert (s.writers[:3036] == "ETL9/ds041").all() and s.writers[3036] == "ETL9/ds042"
+
+
+def test_etl9b_and_etl9g_agree_on_a_writer(tmp_path):
+    # ETL9B_2 record 100 has sheet 801 (AIST's sample): data set 41, the first of ETL9G_11.
+    b = write(tmp_path / "ETL9B_2", [b_dummy(True)] + [b_record(0x303D, 801, etl9b=True)] * 100)
+    g = _etl9g_file(tmp_path / "ETL9G_11", 100, 1)
+    assert read_etl_file(b).writers[99] == read_etl_file(g).writers[100] == "ETL9/ds041"
+
+
+def test_writer_disjoint_split_of_etl9_separates_writers(tmp_path):
+    from kanjirec.data.store import PackedDataset
+
+    root = tmp_path / "etl"
+    # Sheets 1, 1, 2 as in AIST's samples: keyed by sheet these three writers were one.
+    for name, sheet in (("ETL9G_01", 1), ("ETL9G_11", 1), ("ETL9G_21", 2)):
+        write(root / name, [g_record(c, sheet) for c in (0x2422, 0x3021, 0x303D)])
+    write(root / "ETL9B_2", [b_dummy(True)] + [b_record(c, 801, etl9b=True) for c in (0x2422, 0x3021)])
+    ds = PackedDataset.open(prepare_etl(root, ["ETL9G", "ETL9B"], tmp_path / "ds", quiet=True))
+    assert sorted(ds.writers) == ["ETL9/ds001", "ETL9/ds041", "ETL9/ds081"]
+    for w in range(len(ds.writers)):
+        assert len(np.unique(ds.split[ds.writer_ids == w])) == 1
+    # ETL9B_2's data set 41 is ETL9G_11's: one writer, whichever set the sample came from.
+    ds041 = ds.writers.index("ETL9/ds041")
+    assert (
+        sorted(ds.sources[k] for k in ds.source_ids[ds.writer_ids == ds041]) == ["ETL9B"] * 2 + ["ETL9G"] * 3
+    )
+
+
+def test_records_beyond_a_files_data_sets_are_refused(tmp_path):
+    # ETL8G_32 holds data sets 156-160, 5 x 956 records; a record after them has no writer.
+    path = write(tmp_path / "ETL8G_32", [g_record(0x3021, 1, etl9g=False)] * (5 * 956 + 1))
+    with pytest.raises(EtlFormatError, match=r"ETL8G_32: record 4780: beyond the 4,780 records"):
+        read_etl_file(path)
+    s = read_etl_file(path, skip_bad_records=True)
+    assert len(s) == 4780 and s.writers[0] == "ETL8/ds156" and s.writers[-1] == "ETL8/ds160"
+
+
+def test_file_numbers_outside_the_set_are_refused(tmp_path):
+    with pytest.raises(EtlFormatError, match=r"ETL9G_51: ETL9G files are ETL9G_01 \.\.\. ETL9G_50"):
+        read_etl_file(write(tmp_path / "ETL9G_51", [g_record(0x3021, 1)]))
 
 
 def test_etl9b_model_images_dropped_by_default(tmp_path):
@@ -227,7 +304,7 @@ def test_etl2_without_table_says_where_to_get_it(tmp_path):
 
 def test_etl2_code_missing_from_table(tmp_path):
     table = load_co59_table(_co59_file(tmp_path))
-    path = write(tmp_path / "ETL2_3", [k_record(16, 1), k_record(63, 63)])
+    path = write(tmp_path / "ETL2_3", [k_record(16, 1, serial=28801), k_record(63, 63, serial=28802)])
     with pytest.raises(EtlFormatError, match=r"ETL2_3: record 1: CO-59 code 4095"):
         read_etl_file(path, co59_table=table)
 
@@ -266,22 +343,78 @@ def test_unmapped_jis_code_names_the_record(tmp_path):
         read_etl_file(path)
 
 
-@pytest.mark.parametrize(("name", "size"), [("ETL9G_01", 8199), ("ETL1C_01", 2052), ("ETL4C", 2952)])
-def test_random_bytes_are_not_etl(tmp_path, name, size):
-    path = tmp_path / name
-    path.write_bytes(np.random.default_rng(1).integers(0, 256, 20 * size, dtype=np.uint8).tobytes())
-    with pytest.raises(EtlFormatError, match=rf"{name}: record \d+: .*not an ETL"):
-        read_etl_file(path)
+# One real file name of every set, so every layout and every set's own checks are tried.
+EVERY_SET = ("ETL1C_01", "ETL2_1", "ETL3C_1", "ETL4C", "ETL5C", "ETL6C_01", "ETL7LC_1", "ETL7SC_1")
+EVERY_SET += ("ETL8B2C1", "ETL8G_01", "ETL9B_1", "ETL9G_01")
+
+
+@pytest.mark.parametrize("name", EVERY_SET)
+def test_random_bytes_are_refused_for_every_set(tmp_path, name):
+    etl = tmp_path / "etl"
+    set_name = set_of_file(name)
+    size = SETS[set_name].layout.record_size
+    path = etl / name
+    write(path, [np.random.default_rng(1).integers(0, 256, 30 * size, dtype=np.uint8).tobytes()])
+    table = _co59_file(etl)
+    with pytest.raises(EtlFormatError, match=rf"{name}: record \d+: "):
+        read_etl_file(path, co59_table=load_co59_table(table))
+    # With skip_bad_records too: the whole file is refused, and prepare writes nothing.
+    with pytest.raises(EtlFormatError, match=rf"{name}: record \d+: .*records are bad .*refused whole"):
+        read_etl_file(path, skip_bad_records=True, co59_table=load_co59_table(table))
+    with pytest.raises(EtlFormatError, match="refused whole"):
+        prepare_etl(etl, [set_name], tmp_path / "ds", skip_bad_records=True, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etl"]  # no dataset, no .partial folder
+
+
+def _one_good_record(name):
+    if name.startswith(("ETL1", "ETL6")):
+        return m_record(0x41)
+    if name.startswith("ETL7"):
+        return m_record(0xB1)
+    if name.startswith("ETL2"):
+        return k_record(16, 1)
+    if name.startswith(("ETL3", "ETL4", "ETL5")):
+        return c_record(0xB1, "K  A")
+    if name.startswith("ETL8B"):
+        return b_record(0x3021, 1)
+    if name.startswith("ETL9B"):
+        return b_record(0x3021, 1, etl9b=True)
+    return g_record(0x3021, 1, etl9g=name.startswith("ETL9G"))
+
+
+@pytest.mark.parametrize("name", EVERY_SET)
+def test_random_records_among_good_ones_are_all_caught(tmp_path, name):
+    # 20 records of random bytes among 400 good ones (under 5%): every one must be reported, not
+    # decoded. Checking the code alone let 4 of 5 random ETL1 records through.
+    size = SETS[set_of_file(name)].layout.record_size
+    rng = np.random.default_rng(5)
+    records = [_one_good_record(name)] * 400
+    where = sorted(rng.choice(np.arange(1, 420), 20, replace=False).tolist())
+    for k in where:
+        records.insert(k, rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    if name.startswith(("ETL8B", "ETL9B")):
+        records.insert(0, b_dummy(name.startswith("ETL9B")))
+        where = [k + 1 for k in where]
+    table = load_co59_table(_co59_file(tmp_path))
+    s = read_etl_file(write(tmp_path / name, records), skip_bad_records=True, co59_table=table)
+    assert sorted(b.record for b in s.bad) == where
+    assert len(s) == 400 and len(set(s.chars)) == 1
 
 
 def test_skip_bad_records_reports_each_one(tmp_path):
-    data = b"".join([g_record(0x3021, 1), g_record(0x2F21, 1), g_record(0x2422, 1), g_record(0x0000, 0)])
+    good = [g_record(0x3021, 1)] * 30 + [g_record(0x2422, 1)] * 30
+    data = b"".join(good[:1] + [g_record(0x2F21, 1)] + good[1:] + [g_record(0x0000, 0)])
     path = tmp_path / "ETL9G_04"
     path.write_bytes(data + b"\x00" * 100)
     s = read_etl_file(path, skip_bad_records=True)
-    assert list(s.chars) == ["亜", "あ"] and list(s.records) == [0, 2]
-    assert [(b.path.name, b.record) for b in s.bad] == [("ETL9G_04", 4), ("ETL9G_04", 1), ("ETL9G_04", 3)]
+    assert len(s) == 60 and list(s.chars[:1]) + list(s.chars[-1:]) == ["亜", "あ"]
+    assert list(s.records[:2]) == [0, 2] and s.records[-1] == 60
+    assert [(b.path.name, b.record) for b in s.bad] == [("ETL9G_04", 62), ("ETL9G_04", 1), ("ETL9G_04", 61)]
     assert "truncated" in s.bad[0].reason and "0x2f21" in s.bad[1].reason
+    # One bad record more is more than 5% of the file's 62: refused whole.
+    path.write_bytes(b"".join([g_record(0x2F21, 1)] * 2 + good[2:] + [g_record(0, 0)]) + b"\x00" * 100)
+    with pytest.raises(EtlFormatError, match=r"ETL9G_04: record 61: truncated.* 4 of the file's 62 records"):
+        read_etl_file(path, skip_bad_records=True)
 
 
 # ---------------------------------------------------------------- file discovery
@@ -371,10 +504,13 @@ def test_prepare_merges_same_characters_across_sets(tmp_path, capsys):
 def test_prepare_skip_flag_counts_bad_records(tmp_path, capsys):
     root = tmp_path / "etl"
     write(root / "ETL9G_01", [g_record(c, sheet) for sheet in (1, 21, 41, 61) for c in (0x2422, 0x3021)])
-    write(root / "ETL9G_02", [g_record(0x3021, 81), g_record(0x2F21, 81)])
+    # One corrupt record among 21 (under 5%): skipped and reported with --skip-bad-records.
+    write(root / "ETL9G_02", [g_record(0x3021, 81), g_record(0x2F21, 81)] + [g_record(0x2422, 81)] * 19)
+    write(root / "ETL9G_03", [g_record(0x3021, 1)])
     with pytest.raises(EtlFormatError, match="ETL9G_02: record 1"):
         prepare_etl(root, ["ETL9G"], tmp_path / "ds1", quiet=True)
+    assert not (tmp_path / "ds1").exists() and not (tmp_path / "ds1.partial").exists()
     prepare_etl(root, ["ETL9G"], tmp_path / "ds2", skip_bad_records=True)
     captured = capsys.readouterr()
     assert "ETL9G_02: record 1: JIS X 0208 code 0x2f21" in captured.err
-    assert "9 samples" in captured.out and "1 bad records skipped" in captured.out
+    assert "29 samples" in captured.out and "1 bad records skipped" in captured.out

@@ -9,7 +9,7 @@ from PIL import Image
 from kanjirec.data.importer import import_images
 from kanjirec.data.preprocess import normalize_images
 from kanjirec.data.store import DatasetWriter, PackedDataset, make_split
-from kanjirec.errors import DatasetFormatError
+from kanjirec.errors import DatasetFormatError, ImageInputError
 
 
 def _write(path, batches, image_size=8, shard_size=7, **finish):
@@ -137,3 +137,102 @@ def test_import_folder_per_character_and_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("path,character\nmine/明/0.png,明日\n", encoding="utf-8")
     with pytest.raises(DatasetFormatError, match="line 2"):
         import_images(tmp_path / "bad.csv", tmp_path / "c")
+
+
+# ---------------------------------------------------------------- nothing half-written, bad images named
+
+
+def png_bytes(width, height, data=b""):
+    """A PNG of 8-bit grey pixels whose header says width x height; ``data`` is the raw IDAT payload."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_failed_write_leaves_no_partial_folder(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"), DatasetWriter(tmp_path / "ds", image_size=8) as w:
+        w.add(**_batch("あい", ["A/1", "A/2"], "A"))
+        assert (tmp_path / "ds.partial").is_dir()  # the shard being written lives here
+        raise RuntimeError("boom")
+    # finish() refusing (2 writers cannot make a writer-disjoint split) cleans up the same way.
+    with (
+        pytest.raises(DatasetFormatError, match="at least 3 writers"),
+        DatasetWriter(tmp_path / "ds", 8) as w,
+    ):
+        w.add(**_batch("あい", ["A/1", "A/2"], "A"))
+        w.finish()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _good_tree(src):
+    for ch in "明日":
+        (src / ch).mkdir(parents=True)
+        for k in range(3):
+            im = np.full((40, 30), 255, np.uint8)
+            im[5:35, 10 + k : 14 + k] = 0
+            Image.fromarray(im).save(src / ch / f"{k}.png")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (png_bytes(20000, 20000), r"400 megapixels is over the limit of 40 megapixels"),  # Pillow: a bomb
+        (png_bytes(8000, 6000), r"8000 x 6000 pixels \(48 megapixels\) is over the limit of 40 megapixels"),
+        (png_bytes(64, 64, bytes(64 * 65))[:-30], "truncated or damaged"),
+        (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "not an image file"),
+        (b"", "not an image file"),
+    ],
+    ids=["bomb", "over-limit", "truncated", "random", "empty"],
+)
+def test_import_refuses_a_bad_image_naming_it(tmp_path, capsys, content, message):
+    from kanjirec.cli import main
+
+    src = tmp_path / "mine"
+    _good_tree(src)
+    (src / "日" / "bad.png").write_bytes(content)
+    with pytest.raises(ImageInputError, match=rf"日/bad.png: {message}"):
+        import_images(src, tmp_path / "a", split="random")
+    # The command line: our message, exit status 2, no traceback, and nothing left behind.
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "b"), "--split", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "Traceback" not in err and "DecompressionBomb" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_open_image_limit_is_one_constant(monkeypatch, tmp_path):
+    from kanjirec.data import preprocess
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(path)
+    assert preprocess.open_image(path).size == (40, 30)
+    monkeypatch.setattr(preprocess, "MAX_IMAGE_PIXELS", 40 * 30 - 1)
+    with pytest.raises(ImageInputError, match="x.png: 40 x 30 pixels"):
+        preprocess.open_image(path)
+    with pytest.raises(ImageInputError, match="no such image file"):
+        preprocess.open_image(tmp_path / "missing.png")
+
+
+def test_import_csv_errors_name_the_line(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("path,character\nx.png,\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match="latin1.csv: not UTF-8 text"):
+        import_images(tmp_path / "latin1.csv", tmp_path / "a")
+    (tmp_path / "short.csv").write_text("path,character\nx.png\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="short.csv, line 2: character '' is not one character"):
+        import_images(tmp_path / "short.csv", tmp_path / "b")
+    (tmp_path / "nopath.csv").write_text("path,character\n,明\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match="nopath.csv, line 2: no image path"):
+        import_images(tmp_path / "nopath.csv", tmp_path / "c")
+    (tmp_path / "missing.csv").write_text("path,character,writer\nnone.png,明,w1\n", encoding="utf-8")
+    with pytest.raises(ImageInputError, match="none.png: no such image file"):
+        import_images(tmp_path / "missing.csv", tmp_path / "d", split="random")
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".csv"] * 4

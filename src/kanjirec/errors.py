@@ -13,6 +13,10 @@ class EtlFormatError(KanjirecError):
     """An ETL file does not match its published record layout."""
 
 
+class ImageInputError(KanjirecError):
+    """An input image file that is missing, not an image, truncated, or over the pixel limit."""
+
+
 class CheckpointError(KanjirecError):
     """A checkpoint is unreadable or belongs to another model, class list or config."""
 

@@ -1,17 +1,19 @@
 """`kanjirec bench data`: ETL decoding throughput and the memory that preparing a dataset takes.
 
-Everything runs on a generated, spec-conformant ETL9G file (written through the same layout
-table the reader uses), so the figures are reproducible without the real database:
+Everything runs on generated, spec-conformant ETL9G files (written through the same layout
+table the reader uses; 12,144 records each, as the real files, the last one shorter), so the
+figures are reproducible without the real database:
 
-1. timed plain reads of the file, the floor any decoder pays: from disk (the file's pages
+1. timed plain reads of the files, the floor any decoder pays: from disk (the files' pages
    dropped from the page cache first with ``posix_fadvise(POSIX_FADV_DONTNEED)``, which needs
    no root) and from the page cache (close to memcpy speed);
-2. the vectorised G-type reader (`iter_etl_file`): fields, labels, writer keys and images, from
-   disk and from the page cache. The target compares decoding with reading the same bytes from
-   disk; the page-cache ratio is printed beside it as the stricter figure;
+2. the vectorised G-type reader (`iter_etl_file`): fields, every check of the record, labels,
+   writer keys and images, from disk and from the page cache. The target compares decoding
+   with reading the same bytes from disk; the page-cache ratio is printed beside it as the
+   stricter figure;
 3. a baseline that decodes one record at a time with ``struct`` + Pillow, as AIST's sample
-   script does, on a subset whose time per record is extrapolated to the whole file;
-4. a full `prepare_etl` of the file into a packed dataset, with the process's peak resident
+   script does, on a subset whose time per record is extrapolated to all records;
+4. a full `prepare_etl` of the files into a packed dataset, with the process's peak resident
    memory above its level before the call (kernel high-water mark, reset through
    /proc/self/clear_refs), against the size of the final uint8 image data.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from kanjirec.charset import get_charset
-from kanjirec.data.etl import LAYOUTS, encode_records, iter_etl_file, prepare_etl
+from kanjirec.data.etl import LAYOUTS, SETS, encode_records, iter_etl_file, prepare_etl
 
 _G9_STRUCT = ">HH8sI4B4H2B34x8128s7x"  # AIST's ETL9G record, for the per-record baseline
 
@@ -60,72 +62,82 @@ def _templates(rng: np.random.Generator, count: int = 64) -> np.ndarray:
     return out
 
 
-def write_etl9g(path: Path, records: int, seed: int = 0, chunk: int = 2048) -> Path:
-    """A spec-conformant ETL9G file: classes in ETL9G order, 20 sheets per data set."""
+def write_etl9g(folder: Path, records: int, seed: int = 0, chunk: int = 2048) -> list[Path]:
+    """Spec-conformant ETL9G files ETL9G_01, _02, ...: 12,144 records (4 data sets) each, classes in
+    ETL9G order, 20 sheets per data set."""
     rng = np.random.default_rng(seed)
     codes = etl9g_codes()
     templates = _templates(rng)
     layout = LAYOUTS["G9"]
-    with open(path, "wb") as fh:
-        for start in range(0, records, chunk):
-            i = np.arange(start, min(start + chunk, records))
-            data_set, j = np.divmod(i, len(codes))
-            sheet = data_set * 20 + j * 20 // len(codes) + 1
-            images = templates[rng.integers(0, len(templates), len(i))]
-            noise = rng.random(images.shape) < 0.01
-            images = np.where(noise, rng.integers(0, 4, images.shape, dtype=np.uint8), images)
-            recs = encode_records(
-                layout,
-                {
-                    "sheet": sheet,
-                    "jis0208": codes[j],
-                    "serial": i + 1,
-                    "gathered": np.full(len(i), 8212),
-                    "scanned": np.full(len(i), 8310),
-                },
-                images,
-            )
-            fh.write(recs.tobytes())
-    return path
+    per_file = SETS["ETL9G"].data_sets_per_file * SETS["ETL9G"].data_set_records
+    paths = []
+    for first in range(0, records, per_file):
+        path = folder / f"ETL9G_{len(paths) + 1:02d}"
+        with open(path, "wb") as fh:
+            for start in range(first, min(first + per_file, records), chunk):
+                i = np.arange(start, min(start + chunk, first + per_file, records))
+                data_set, j = np.divmod(i, len(codes))
+                sheet = data_set * 20 + j * 20 // len(codes) + 1
+                images = templates[rng.integers(0, len(templates), len(i))]
+                noise = rng.random(images.shape) < 0.01
+                images = np.where(noise, rng.integers(0, 4, images.shape, dtype=np.uint8), images)
+                recs = encode_records(
+                    layout,
+                    {
+                        "sheet": sheet,
+                        "jis0208": codes[j],
+                        "reading": np.full((len(i), 8), ord(" ")),  # readings are not used
+                        "serial": i + 1,
+                        "gathered": np.full(len(i), 8212),
+                        "scanned": np.full(len(i), 8310),
+                    },
+                    images,
+                )
+                fh.write(recs.tobytes())
+        paths.append(path)
+    return paths
 
 
-def _drop_from_page_cache(path: Path) -> None:
-    """Evict the file's pages from the page cache (posix_fadvise; Linux, no root needed)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages are not dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+def _drop_from_page_cache(paths: list[Path]) -> None:
+    """Evict the files' pages from the page cache (posix_fadvise; Linux, no root needed)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
-def _disk_times(path: Path) -> tuple[float, float] | str:
-    """(read, decode) seconds from disk, best of two, each after evicting the file; or why not."""
+def _disk_times(paths: list[Path]) -> tuple[float, float] | str:
+    """(read, decode) seconds from disk, best of two, each after evicting the files; or why not."""
     if not hasattr(os, "posix_fadvise"):
-        return "no posix_fadvise to evict the file from the page cache"
+        return "no posix_fadvise to evict the files from the page cache"
     reads, decodes = [], []
     for _ in range(2):
-        _drop_from_page_cache(path)
-        reads.append(_timed_read(path))
-        _drop_from_page_cache(path)
-        decodes.append(_timed_decode(path)[0])
+        _drop_from_page_cache(paths)
+        reads.append(_timed_read(paths))
+        _drop_from_page_cache(paths)
+        decodes.append(_timed_decode(paths)[0])
     return min(reads), min(decodes)
 
 
-def _timed_read(path: Path) -> float:
+def _timed_read(paths: list[Path]) -> float:
     buf = bytearray(16 << 20)
     t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as fh:
-        while fh.readinto(buf):
-            pass
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
     return time.perf_counter() - t0
 
 
-def _timed_decode(path: Path) -> tuple[float, int]:
+def _timed_decode(paths: list[Path]) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = 0
-    for block in iter_etl_file(path, "ETL9G"):
-        n += len(block)
+    for path in paths:
+        for block in iter_etl_file(path, "ETL9G"):
+            n += len(block)
     return time.perf_counter() - t0, n
 
 
@@ -138,11 +150,11 @@ def baseline_decode(path: Path, records: int) -> tuple[float, list[str], np.ndar
     decoder = codecs.getdecoder("euc_jp")
     t0 = time.perf_counter()
     with open(path, "rb") as fh:
-        for _ in range(records):
+        for k in range(records):
             r = struct.unpack(_G9_STRUCT, fh.read(size))
             code = r[1]
             chars.append(decoder(bytes([(code >> 8) | 0x80, (code & 0xFF) | 0x80]))[0])
-            _writer = f"ETL9/ds{(r[0] - 1) // 20 + 1:03d}"
+            _writer = f"ETL9/ds{k // 3036 + 1:03d}"  # the data set of the record (in ETL9G_01)
             img = Image.frombytes("F", (128, 127), r[14], "bit", 4).convert("L")
             images.append(np.asarray(img))
     return time.perf_counter() - t0, chars, np.stack(images)
@@ -202,20 +214,24 @@ def bench_data(
     with tempfile.TemporaryDirectory(dir=workdir, prefix="kanjirec-bench-data-") as tmp:
         etl_dir = Path(tmp) / "etl"
         etl_dir.mkdir()
-        path = write_etl9g(etl_dir / "ETL9G_01", records)
-        mb = path.stat().st_size / 1e6
-        print(f"generated {path.name}: {records:,} ETL9G records, {mb:,.1f} MB (8,199 B each)")
+        paths = write_etl9g(etl_dir, records)
+        mb = sum(p.stat().st_size for p in paths) / 1e6
+        print(
+            f"generated {paths[0].name} .. {paths[-1].name}: {records:,} ETL9G records in {len(paths)} "
+            f"files, {mb:,.1f} MB (8,199 B each)"
+        )
+        baseline_records = min(baseline_records, paths[0].stat().st_size // 8199)
 
-        disk = _disk_times(path)
-        _timed_read(path)  # bring the file into the page cache
-        t_read = min(_timed_read(path) for _ in range(2))
-        t_dec, n = min((_timed_decode(path) for _ in range(2)), key=lambda r: r[0])
+        disk = _disk_times(paths)
+        _timed_read(paths)  # bring the files into the page cache
+        t_read = min(_timed_read(paths) for _ in range(2))
+        t_dec, n = min((_timed_decode(paths) for _ in range(2)), key=lambda r: r[0])
         assert n == records, (n, records)
-        t_base, base_chars, base_images = baseline_decode(path, baseline_records)
+        t_base, base_chars, base_images = baseline_decode(paths[0], baseline_records)
         t_base_all = t_base / baseline_records * records
 
         # The two decoders must agree on what they read.
-        first = next(iter_etl_file(path, "ETL9G", chunk_records=baseline_records))
+        first = next(iter_etl_file(paths[0], "ETL9G", chunk_records=baseline_records))
         if list(first.chars) != base_chars or not np.array_equal(first.images, base_images):
             raise AssertionError("vectorised and per-record decoders disagree")
 
@@ -234,7 +250,7 @@ def bench_data(
         if not isinstance(disk, str) and disk[0] < 1.5 * t_read:
             disk = (
                 f"evicting the file did not slow its read ({disk[0]:.3f} s vs {t_read:.3f} s cached): "
-                f"is {path.parent} on tmpfs? (--workdir picks another place)"
+                f"is {etl_dir} on tmpfs? (--workdir picks another place)"
             )
         if not isinstance(disk, str):
             t_read_disk, t_dec_disk = disk

@@ -9,10 +9,18 @@ other formats go through the same extractor. `decode_records` reads any layout
 over a whole block of records with numpy; labels are decoded through lookup
 tables built once from Python's codecs (`kanjirec.charset`).
 
+Checks: each field's table entry carries what the format allows (``Valid``:
+ranges, constants, printable ASCII readings, dates), a set adds its files' own
+ranges (ETL2 serials, ETL8B2 codes, ETL9B sheets), and the label and writer key
+add theirs; all run vectorised over a block. A record failing one is a bad
+record named by file, record and field; a file with more than BAD_RECORD_LIMIT
+of them is refused whole, even when bad records are skipped.
+
 Writer identity: every sample gets a writer key ``"<GROUP>/<id>"``. Sets made
 from the same sheets share a group (ETL8B/ETL8G -> ETL8, ETL9B/ETL9G -> ETL9,
-ETL7L/ETL7S -> ETL7) so that a combined dataset never puts one writer's samples
-on both sides of a writer-disjoint split.
+ETL7L/ETL7S -> ETL7) and, for ETL8 and ETL9, the same data-set numbers (see
+SETS), so that a combined dataset never puts one writer's samples on both sides
+of a writer-disjoint split.
 """
 
 from __future__ import annotations
@@ -20,10 +28,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,7 @@ from kanjirec.charset import jis0201_table, jis0208_table
 from kanjirec.errors import EtlFormatError
 
 __all__ = [
+    "BAD_RECORD_LIMIT",
     "LAYOUTS",
     "SETS",
     "BadRecord",
@@ -40,6 +49,7 @@ __all__ = [
     "Field",
     "ImageField",
     "Layout",
+    "Valid",
     "decode_records",
     "encode_records",
     "find_etl_files",
@@ -53,16 +63,66 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Valid:
+    """The values a field may take (every unit, for text): sorted, disjoint, inclusive ranges."""
+
+    label: str  # for messages: "0..3", "printable ASCII", ...
+    ranges: tuple[tuple[int, int], ...]
+
+    @cached_property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = (np.array(b, np.int64) for b in zip(*self.ranges, strict=True))
+        if np.any(lo > hi) or np.any(lo[1:] <= hi[:-1]):
+            raise AssertionError(f"ranges of {self.label!r} are not sorted and disjoint")
+        return lo, hi
+
+    def inside(self, values: np.ndarray) -> np.ndarray:
+        """Elementwise: is each value in one of the ranges."""
+        lo, hi = self._bounds
+        v = values.astype(np.int64)
+        k = np.searchsorted(lo, v, side="right") - 1  # the range that starts at or before v
+        return (k >= 0) & (v <= hi[np.maximum(k, 0)])
+
+    def bad(self, values: np.ndarray) -> np.ndarray:
+        """(n,) or (n, count) values -> (n,) mask of records with a value outside every range."""
+        ok = self.inside(values)
+        return ~ok if ok.ndim == 1 else ~ok.all(axis=1)
+
+
+def _between(lo: int, hi: int) -> Valid:
+    return Valid(f"{lo}" if lo == hi else f"{lo}..{hi}", ((lo, hi),))
+
+
+_ANY_57_BITS = (1 << 57) - 1
+_POSITIVE = Valid(">= 1", ((1, _ANY_57_BITS),))
+_ASCII = Valid("printable ASCII", ((0x20, 0x7E),))
+_SEX = Valid("0, 1, 2 or 9 (JIS X 0303: unknown, male, female, not applicable)", ((0, 2), (9, 9)))
+# Dates as the formats store them: (19)YYMM in M and G, (19)YYMMDD in C; 0 is read as "not recorded".
+_YYMM = Valid("a YYMM date (or 0)", ((0, 0), *((y * 100 + 1, y * 100 + 12) for y in range(100))))
+_YYMMDD = Valid(
+    "a YYMMDD date (or 0)",
+    (
+        (0, 0),
+        *((y * 10000 + m * 100 + 1, y * 10000 + m * 100 + 31) for y in range(100) for m in range(1, 13)),
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Field:
     """A big-endian unsigned integer of ``bits`` bits at bit ``bit`` of the record.
 
-    ``count > 1`` makes it ``count`` consecutive units of ``bits`` bits each (T56 text).
+    ``count > 1`` makes it ``count`` consecutive units of ``bits`` bits each: text, ASCII bytes
+    (``text="ascii"``) or T56 (``text="t56"``). ``valid`` is what the published format allows;
+    a record with any field outside it is a bad record.
     """
 
     name: str
     bit: int
     bits: int
     count: int = 1
+    valid: Valid | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,45 +159,54 @@ class Layout:
         raise KeyError(f"layout {self.name} has no field {name!r}")
 
 
-def _byte(name: str, offset: int, size: int = 1) -> Field:
-    return Field(name, offset * 8, size * 8)
+def _byte(name: str, offset: int, size: int = 1, valid: Valid | None = None) -> Field:
+    return Field(name, offset * 8, size * 8, valid=valid)
 
 
 def _text(name: str, offset: int, size: int) -> Field:
     """``size`` bytes of ASCII text (a reading), decoded as a (n, size) uint8 array."""
-    return Field(name, offset * 8, 8, count=size)
+    return Field(name, offset * 8, 8, count=size, valid=_ASCII, text="ascii")
 
 
-def _unit(name: str, first: int, units: int = 1) -> Field:
+def _unit(name: str, first: int, units: int = 1, valid: Valid | None = None) -> Field:
     """An integer made of 6-bit units ``first``..``first+units-1`` (1-based, as AIST numbers them)."""
-    return Field(name, (first - 1) * 6, units * 6)
+    return Field(name, (first - 1) * 6, units * 6, valid=valid)
 
 
-def _t56(name: str, first: int, chars: int) -> Field:
-    return Field(name, (first - 1) * 6, 6, count=chars)
+def _t56(name: str, first: int, chars: int, valid: Valid | None = None) -> Field:
+    return Field(name, (first - 1) * 6, 6, count=chars, valid=valid, text="t56")
 
 
+# T56 (6-bit text in K/C headers), index -> character; '\0' marks the unused positions.
+_T56 = "0123456789[#@:>?\0ABCDEFGHI&.](<\0\0JKLMNOPQR-$*);'|/STUVWXYZ\0,%=\"!"
+_T56_INDEX = {c: i for i, c in enumerate(_T56) if c != "\0"}
+_T56_INDEX[" "] = 16  # the blank the headers are padded with
+assert len(_T56) == 64
+_T56_BLANK = Valid("blank", ((16, 16), (31, 32), (58, 58)))  # all four unused positions read as a blank
+
+# Constraints (``valid``) are those AIST's format pages state; a field without one is either free
+# (age, industry codes, the EBCDIC byte we ignore) or checked with the label or writer key below.
 _M = Layout(
     "M",
     2052,
     (
-        _byte("data_number", 0, 2),
+        _byte("data_number", 0, 2, _POSITIVE),
         _text("reading", 2, 2),
-        _byte("sheet", 4, 2),
+        _byte("sheet", 4, 2),  # the form page allows 0, the ETL1 page says >= 1
         _byte("jis0201", 6),
         _byte("ebcdic", 7),
-        _byte("quality", 8),
-        _byte("group_quality", 9),
-        _byte("sex", 10),
+        _byte("quality", 8, 1, _between(0, 3)),
+        _byte("group_quality", 9, 1, _between(0, 2)),
+        _byte("sex", 10, 1, _SEX),
         _byte("age", 11),
-        _byte("serial", 12, 4),
+        _byte("serial", 12, 4, _POSITIVE),
         _byte("industry", 16, 2),
         _byte("occupation", 18, 2),
-        _byte("gathered", 20, 2),
-        _byte("scanned", 22, 2),
-        _byte("pos_y", 24),
-        _byte("pos_x", 25),
-        _byte("min_level", 26),
+        _byte("gathered", 20, 2, _YYMM),
+        _byte("scanned", 22, 2, _YYMM),
+        _byte("pos_y", 24, 1, _between(1, 255)),
+        _byte("pos_x", 25, 1, _between(1, 255)),
+        _byte("min_level", 26),  # min <= max is checked with the labels
         _byte("max_level", 27),
     ),
     ImageField(32, 64, 63, 4),
@@ -148,10 +217,12 @@ _K = Layout(
     "K",
     2745,
     (
-        _unit("serial", 1, 6),
-        _t56("source", 7, 1),
+        _unit("serial", 1, 6, _POSITIVE),  # and the file's serial range, see ETL2 in SETS
+        _t56("source", 7, 1, Valid("A, B, C or D", ((_T56_INDEX["A"], _T56_INDEX["D"]),))),
+        _t56("spaces", 8, 5, _T56_BLANK),
         _t56("class_word", 13, 6),
         _t56("typeface", 19, 6),
+        _unit("zeros", 25, 4, _between(0, 0)),
         _unit("co59_c1", 29),
         _unit("co59_c2", 30),
     ),
@@ -160,32 +231,34 @@ _K = Layout(
 )
 
 _C_INTS = (
-    "quality",
-    "group_quality",
-    "pos_y",
-    "pos_x",
-    "sex",
-    "age",
-    "industry",
-    "occupation",
-    "gathered",
-    "scanned",
-    "x_points",
-    "y_points",
-    "levels",
-    "magnification",
-    "old_serial",
+    ("quality", _between(0, 3)),
+    ("group_quality", _between(0, 2)),
+    ("pos_y", None),
+    ("pos_x", None),
+    ("sex", _SEX),
+    ("age", None),
+    ("industry", None),
+    ("occupation", None),
+    ("gathered", _YYMMDD),
+    ("scanned", _YYMMDD),
+    # The image's own statistics, stated in every record: 72 x 76 sampling points, 16 levels.
+    ("x_points", _between(72, 72)),
+    ("y_points", _between(76, 76)),
+    ("levels", _between(16, 16)),
+    ("magnification", None),  # 133 in the ETL4 sample; not stated for ETL3/ETL5
+    ("old_serial", None),
 )
 _C = Layout(
     "C",
     2952,
     (
-        _unit("serial", 1, 6),
+        _unit("serial", 1, 6, _POSITIVE),
         _unit("sheet", 7, 6),
         Field("jis0201", 72, 8),  # left 8 bits of units 13-18
         Field("ebcdic", 108, 8),  # left 8 bits of units 19-24
         _t56("class_code", 25, 4),
-        *(_unit(name, 31 + 6 * k, 6) for k, name in enumerate(_C_INTS)),
+        _t56("spaces", 29, 2, _T56_BLANK),
+        *(_unit(name, 31 + 6 * k, 6, valid) for k, (name, valid) in enumerate(_C_INTS)),
     ),
     ImageField(216, 72, 76, 4),
     "jis0201",
@@ -196,7 +269,7 @@ def _b_layout(name: str, record_size: int) -> Layout:
     return Layout(
         name,
         record_size,
-        (_byte("sheet", 0, 2), _byte("jis0208", 2, 2), _text("reading", 4, 4)),
+        (_byte("sheet", 0, 2, _POSITIVE), _byte("jis0208", 2, 2), _text("reading", 4, 4)),
         ImageField(8, 64, 63, 1),
         "jis0208",
         dummy_first=True,
@@ -208,18 +281,18 @@ def _g_layout(name: str, image_byte: int) -> Layout:
         name,
         8199,
         (
-            _byte("sheet", 0, 2),
+            _byte("sheet", 0, 2, _POSITIVE),
             _byte("jis0208", 2, 2),
             _text("reading", 4, 8),
-            _byte("serial", 12, 4),
+            _byte("serial", 12, 4, _POSITIVE),
             _byte("quality", 16),
             _byte("group_quality", 17),
-            _byte("sex", 18),
+            _byte("sex", 18, 1, _SEX),
             _byte("age", 19),
             _byte("industry", 20, 2),
             _byte("occupation", 22, 2),
-            _byte("gathered", 24, 2),
-            _byte("scanned", 26, 2),
+            _byte("gathered", 24, 2, _YYMM),
+            _byte("scanned", 26, 2, _YYMM),
             _byte("pos_x", 28),
             _byte("pos_y", 29),
         ),
@@ -264,45 +337,104 @@ class EtlSet:
     pattern: str  # the real file names, matched in full and case-sensitively
     examples: str  # for error messages
     writer_group: str
-    sheets_per_writer: int = 1  # sheets grouped into one writer key (a data set)
+    sheets_per_writer: int = 1  # sheets grouped into one writer key (a data set), from the sheet field
+    data_set_records: int = 0  # > 0: the writer key is the data set, from the record's position
+    data_sets_per_file: int = 0  # (with data_set_records) file n holds data sets k(n-1)+1 .. kn
+    files: int = 0  # > 0: the number ending a file's name must lie in 1..files
     hiragana: str = "never"  # "never", "always" (ETL7) or "flag" (ETL4: class code H)
     kana_only: bool = False
     model_tail: tuple[tuple[str, int], ...] = ()  # (file name, trailing model/reference records)
+    file_valid: tuple[tuple[str, str, Valid], ...] = ()  # (file name, field, valid) for writer samples
 
+
+# ETL9: 200 data sets (writers) of 3,036 records. AIST's ETL9 page: ETL9G file n holds data sets
+# 4(n-1)+1 .. 4n in order (ETL9G_11 holds 41-44), and ETL9G's sheet field restarts (ETL9G_01 record 1
+# and ETL9G_11 record 101 both have sheet 1), so an ETL9G key comes from the record's position.
+# ETL9B's sheet field is global (ETL9B_2 record 100 has sheet 801): 20 sheets per data set, 800 per
+# file, so ETL9B_n holds sheets 800(n-1)+1 .. 800n = data sets 40(n-1)+1 .. 40n, and data set 41 is
+# "ETL9/ds041" in both ETL9B_2 and ETL9G_11.
+_ETL9B_SHEETS = tuple((f"ETL9B_{n}", "sheet", _between(800 * (n - 1) + 1, 800 * n)) for n in range(1, 6))
+# ETL8: 956 classes x 160 writers. ETL8G_01 .. _32 hold 4,780 = 5 x 956 records (public unpackers;
+# unverified), read as 5 data sets in order like ETL9G: the same G form, whose sheet field ETL9G showed
+# to be no writer key, so ETL8G is keyed by position too; ETL8G_33 (956 records, probably the model
+# sheet: unverified) gets its own key, ds161, so it splits no writer either way. ETL8B2 files are
+# ordered by class, not writer ([F8B]: C1, C2, C3 hold JIS ranges), so its sheet field is its only
+# writer key, at 10 sheets per data set (public unpackers quoting the spec; unverified). ETL8B and
+# ETL8G keys agree if ETL8B's sheets count the data sets in ETL8G's file order: the one link of the
+# ETL8 keys not confirmed on an AIST page (ETL8's sample rows were cut off in the stored copies).
+_ETL8B_CODES = tuple(
+    (f"ETL8B2C{k}", "jis0208", Valid(f"in {lo:#06x}..{hi:#06x}, the codes of ETL8B2C{k}", ((lo, hi),)))
+    for k, (lo, hi) in enumerate(((0x2122, 0x384D), (0x384E, 0x4250), (0x4253, 0x4F43)), start=1)
+)
+# ETL2's serial data numbers per file (AIST's ETL2 page).
+_ETL2_SERIALS = tuple(
+    (f"ETL2_{k}", "serial", Valid(f"in {label}, the serial numbers of ETL2_{k}", ranges))
+    for k, ranges in enumerate(
+        (
+            ((1, 11520),),
+            ((11521, 23040),),
+            ((28801, 40320),),
+            ((40321, 51840),),
+            ((23041, 28800), (51841, 57600)),
+        ),
+        start=1,
+    )
+    for label in [" or ".join(f"{a}..{b}" for a, b in ranges)]
+)
 
 SETS: dict[str, EtlSet] = {
     s.name: s
     for s in (
-        EtlSet("ETL1", _M, r"ETL1C_\d\d", "ETL1C_01 ... ETL1C_13", "ETL1"),
-        EtlSet("ETL2", _K, r"ETL2_\d", "ETL2_1 ... ETL2_5", "ETL2"),
+        EtlSet("ETL1", _M, r"ETL1C_\d\d", "ETL1C_01 ... ETL1C_13", "ETL1", files=13),
+        EtlSet("ETL2", _K, r"ETL2_\d", "ETL2_1 ... ETL2_5", "ETL2", files=5, file_valid=_ETL2_SERIALS),
         EtlSet("ETL3", _C, r"ETL3C_\d", "ETL3C_1, ETL3C_2", "ETL3"),
         EtlSet("ETL4", _C, r"ETL4C", "ETL4C", "ETL4", hiragana="flag"),
         EtlSet("ETL5", _C, r"ETL5C", "ETL5C", "ETL5"),
         EtlSet("ETL6", _M, r"ETL6C_\d\d", "ETL6C_01 ... ETL6C_12", "ETL6"),
         EtlSet("ETL7L", _M, r"ETL7LC_\d", "ETL7LC_1, ETL7LC_2", "ETL7", hiragana="always", kana_only=True),
         EtlSet("ETL7S", _M, r"ETL7SC_\d", "ETL7SC_1, ETL7SC_2", "ETL7", hiragana="always", kana_only=True),
-        # ETL8: 10 sheets per data set (public unpackers quoting the spec; not seen on an AIST page).
         EtlSet(
             "ETL8B",
             LAYOUTS["B8"],
             r"ETL8B2C\d",
             "ETL8B2C1 ... ETL8B2C3",
             "ETL8",
-            10,
+            sheets_per_writer=10,
+            files=3,
             model_tail=(("ETL8B2C3", 956),),
+            file_valid=_ETL8B_CODES,
         ),
-        EtlSet("ETL8G", LAYOUTS["G8"], r"ETL8G_\d\d", "ETL8G_01 ... ETL8G_33", "ETL8", 10),
-        # ETL9: 20 sheets per data set (AIST's ETL9 page).
+        EtlSet(
+            "ETL8G",
+            LAYOUTS["G8"],
+            r"ETL8G_\d\d",
+            "ETL8G_01 ... ETL8G_33",
+            "ETL8",
+            data_set_records=956,
+            data_sets_per_file=5,
+            files=33,
+        ),
         EtlSet(
             "ETL9B",
             LAYOUTS["B9"],
             r"ETL9B_\d",
             "ETL9B_1 ... ETL9B_5",
             "ETL9",
-            20,
+            sheets_per_writer=20,
+            files=5,
             model_tail=(("ETL9B_5", 3036),),
+            file_valid=_ETL9B_SHEETS,
         ),
-        EtlSet("ETL9G", LAYOUTS["G9"], r"ETL9G_\d\d", "ETL9G_01 ... ETL9G_50", "ETL9", 20),
+        EtlSet(
+            "ETL9G",
+            LAYOUTS["G9"],
+            r"ETL9G_\d\d",
+            "ETL9G_01 ... ETL9G_50",
+            "ETL9",
+            data_set_records=3036,
+            data_sets_per_file=4,
+            files=50,
+        ),
     )
 }
 _ALIASES = {"ETL7": ("ETL7L", "ETL7S"), "ETL8B2": ("ETL8B",)}
@@ -501,12 +633,6 @@ def _put_bitfield(recs: np.ndarray, bit: int, bits: int, values: np.ndarray) -> 
 
 # ---------------------------------------------------------------- labels
 
-# T56 (6-bit text in K/C headers), index -> character; '\0' marks the unused positions.
-_T56 = "0123456789[#@:>?\0ABCDEFGHI&.](<\0\0JKLMNOPQR-$*);'|/STUVWXYZ\0,%=\"!"
-_T56_INDEX = {c: i for i, c in enumerate(_T56) if c != "\0"}
-_T56_INDEX[" "] = 16  # the blank the headers are padded with
-_T56_BLANKS = np.array([16, 31, 32, 58], np.uint8)  # all four unused positions read as a blank
-assert len(_T56) == 64
 _K_CLASS_WORDS = ("KANJI ", "EIJI  ", "HRKANA", "KTKANA", "KIGO  ", "SUUJI ")
 _C_CLASS_FLAGS = "NASKH"
 
@@ -591,20 +717,34 @@ class EtlSamples:
         return len(self.chars)
 
 
+# A check is (bad mask over the block, message for record i); the first failing one is reported.
+Check = tuple[np.ndarray, Callable[[int], str]]
+
+# A file with more bad records than this share is not a damaged ETL file but a different or corrupt
+# one: AIST's files decode whole (the known gaps, two missing ETL1 frames, are absent records, not
+# bad ones), while a record of random bytes passes every check below with a probability well under
+# 1e-3. 5% leaves room for a few damaged sectors and none for a file of the wrong kind.
+BAD_RECORD_LIMIT = 0.05
+
+
 def _labels(
     s: EtlSet, f: dict[str, np.ndarray], co59: dict[tuple[int, int], str] | None
-) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, str]]]:
-    """(chars, codes, checks): checks are (bad mask, reason) pairs evaluated in order."""
+) -> tuple[np.ndarray, np.ndarray, list[Check]]:
+    """(chars, codes, checks): the class of every record and the checks on the code behind it."""
     n = len(next(iter(f.values())))
-    checks: list[tuple[np.ndarray, str]] = []
+    checks: list[Check] = []
     layout = s.layout
+
+    def with_code(mask: np.ndarray, template: str) -> Check:
+        return mask, lambda i: template.format(code=int(code[i]))
+
     if layout.codec == "jis0208":
         code = f["jis0208"].astype(np.int64)
         hi, lo = code >> 8, code & 0xFF
         inside = (hi >= 0x21) & (hi <= 0x7E) & (lo >= 0x21) & (lo <= 0x7E)
         idx = np.where(inside, (hi - 0x21) * 94 + (lo - 0x21), 0)
         chars = _jis0208_lut()[idx]
-        checks.append((~inside | (chars == ""), "JIS X 0208 code {code:#06x} is not in the table"))
+        checks.append(with_code(~inside | (chars == ""), "JIS X 0208 code {code:#06x} is not in the table"))
     elif layout.codec == "jis0201":
         code = f["jis0201"].astype(np.int64)
         if s.hiragana == "flag":
@@ -612,18 +752,23 @@ def _labels(
         else:
             hira = np.full(n, s.hiragana == "always")
         chars = np.where(hira, _jis0201_lut(True)[code], _jis0201_lut(False)[code])
-        checks.append((chars == "", "JIS X 0201 code {code:#04x} has no character"))
+        checks.append(with_code(chars == "", "JIS X 0201 code {code:#04x} has no character"))
         kana = (code >= 0xA6) & (code <= 0xDF)
         if s.kana_only:
-            checks.append((~kana, "JIS X 0201 code {code:#04x} is not a kana in a kana-only set"))
+            checks.append(with_code(~kana, "JIS X 0201 code {code:#04x} is not a kana in a kana-only set"))
         if layout.name == "C":
             flag = f["class_code"][:, 0]
             known = np.isin(flag, _t56_codes(_C_CLASS_FLAGS))
-            checks.append((~known, "class code does not start with N, A, S, K or H"))
+            checks.append((~known, lambda i: "class code does not start with N, A, S, K or H"))
             expect = {"N": (0x30, 0x39), "A": (0x41, 0x5A), "K": (0xA6, 0xDF), "H": (0xA6, 0xDF)}
             for letter, (a, b) in expect.items():
                 wrong = (flag == _T56_INDEX[letter]) & ~((code >= a) & (code <= b))
-                checks.append((wrong, f"class code {letter} but JIS X 0201 code {{code:#04x}}"))
+                checks.append(with_code(wrong, f"class code {letter} but JIS X 0201 code {{code:#04x}}"))
+        if layout.name == "M":  # the sample's minimum scanned level cannot exceed its maximum
+            low = f["min_level"] > f["max_level"]
+            checks.append(
+                (low, lambda i: f"min level {f['min_level'][i]} above max level {f['max_level'][i]}")
+            )
     elif layout.codec == "co59":
         if co59 is None:
             raise EtlFormatError(_CO59_HELP)
@@ -634,38 +779,95 @@ def _labels(
             lut[a * 64 + b] = ch
         chars = lut[code]
         words = np.stack([_t56_codes(w) for w in _K_CLASS_WORDS])
-        word = np.where(np.isin(f["class_word"], _T56_BLANKS), 16, f["class_word"])
+        word = np.where(_T56_BLANK.inside(f["class_word"]), 16, f["class_word"])
         known = (word[:, None, :] == words[None]).all(axis=2).any(axis=1)
-        checks.append((~known, "class word is none of " + "/".join(w.strip() for w in _K_CLASS_WORDS)))
-        checks.append((chars == "", "CO-59 code {code} is not in the CO-59 table"))
+        checks.append(
+            (~known, lambda i: "class word is none of " + "/".join(w.strip() for w in _K_CLASS_WORDS))
+        )
+        # Sources A and C are Mincho type, B and D Gothic (AIST's ETL2 page).
+        mincho = np.isin(f["source"], _t56_codes("AC"))
+        face = np.where(mincho[:, None], _t56_codes("MINCHO"), _t56_codes("GOTHIC"))
+        wrong_face = (f["typeface"] != face).any(axis=1)
+        checks.append(
+            (wrong_face, lambda i: f"typeface {_show_t56(f['typeface'][i])!r} does not match the source")
+        )
+        checks.append(with_code(chars == "", "CO-59 code {code} is not in the CO-59 table"))
     else:
         raise AssertionError(layout.codec)
     return chars, code.astype(np.int32), checks
 
 
-def _writer_keys(s: EtlSet, f: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    checks: list[tuple[np.ndarray, str]] = []
+def _show_t56(units: np.ndarray) -> str:
+    return "".join(_T56[u] if _T56[u] != "\0" else " " for u in np.atleast_1d(units).tolist())
+
+
+def _show(fld: Field, value: np.ndarray) -> str:
+    if fld.text == "ascii":
+        return repr(bytes(value.tolist()))
+    if fld.text == "t56":
+        return repr(_show_t56(value))
+    return str(int(value))
+
+
+def _field_checks(s: EtlSet, path: Path, f: dict[str, np.ndarray], model: np.ndarray) -> list[Check]:
+    """Every field against what the format allows (the layout's table), then the file's own ranges."""
+
+    def check(fld: Field, valid: Valid, bad: np.ndarray) -> Check:
+        return bad, lambda i: f"{fld.name} {_show(fld, f[fld.name][i])} is not {valid.label}"
+
+    checks = [check(fld, fld.valid, fld.valid.bad(f[fld.name])) for fld in s.layout.fields if fld.valid]
+    for fname, name, valid in s.file_valid:
+        if fname == path.name:  # model images come from their own sheet, outside the file's ranges
+            fld = s.layout.field(name)
+            checks.append(check(fld, valid, valid.bad(f[name]) & ~model))
+    return checks
+
+
+def _file_number(s: EtlSet, path: Path) -> int:
+    """The number ending the file's name (ETL9G_07 -> 7), checked against the set's file count."""
+    m = re.search(r"(\d+)$", path.name)
+    number = int(m[1]) if m else 0
+    if s.files and not 1 <= number <= s.files:
+        raise EtlFormatError(f"{path}: {s.name} files are {s.examples}; {path.name} is not one of them")
+    return number
+
+
+def _writer_keys(
+    s: EtlSet, path: Path, f: dict[str, np.ndarray], numbers: np.ndarray
+) -> tuple[np.ndarray, list[Check]]:
+    checks: list[Check] = []
     if s.layout.name == "K":
-        # Printed type, no writers: the typeface source (A-D) plays the writer.
-        ids = f["source"].astype(np.int64)
-        letters = _t56_codes("ABCD")
-        checks.append((~np.isin(ids, letters), "source is not A, B, C or D"))
+        # Printed type, no writers: the typeface source (A-D, checked by the field table) plays the writer.
+        ids, fmt = f["source"].astype(np.int64), "{}/{}"
         uniq, inv = np.unique(ids, return_inverse=True)
-        names = np.array([f"{s.writer_group}/{_T56[u] if u < len(_T56) else u}" for u in uniq], object)
+        names = np.array([fmt.format(s.writer_group, _show_t56(u)) for u in uniq], object)
         return names[inv], checks
-    sheet = f["sheet"].astype(np.int64)
-    if s.layout.name in ("B8", "B9", "G8", "G9"):
-        checks.append((sheet < 1, "serial sheet number 0 (sheets start at 1)"))
-    if s.sheets_per_writer > 1:
+    if s.data_set_records:
+        # The data set from the position: file n holds data sets k(n-1)+1 .. kn, in order.
+        capacity = s.data_sets_per_file * s.data_set_records
+        beyond = numbers >= capacity
+        checks.append(
+            (
+                beyond,
+                lambda i: (
+                    f"beyond the {capacity:,} records ({s.data_sets_per_file} data sets of "
+                    f"{s.data_set_records:,}) an {s.name} file holds"
+                ),
+            )
+        )
+        first = (_file_number(s, path) - 1) * s.data_sets_per_file
+        ids, fmt = first + np.minimum(numbers, capacity - 1) // s.data_set_records + 1, "{}/ds{:03d}"
+    elif s.sheets_per_writer > 1:
+        sheet = f["sheet"].astype(np.int64)
         ids, fmt = (np.maximum(sheet, 1) - 1) // s.sheets_per_writer + 1, "{}/ds{:03d}"
     else:
-        ids, fmt = sheet, "{}/s{:05d}"
+        ids, fmt = f["sheet"].astype(np.int64), "{}/s{:05d}"
     uniq, inv = np.unique(ids, return_inverse=True)
     names = np.array([fmt.format(s.writer_group, int(u)) for u in uniq], object)
     return names[inv], checks
 
 
-def _first_failure(n: int, checks: list[tuple[np.ndarray, str]]) -> tuple[np.ndarray, np.ndarray]:
+def _first_failure(n: int, checks: list[Check]) -> tuple[np.ndarray, np.ndarray]:
     """(bad mask, index of the first failing check per record)."""
     if not checks:
         return np.zeros(n, bool), np.zeros(n, np.int64)
@@ -693,18 +895,22 @@ def iter_etl_file(
 ) -> Iterator[EtlSamples]:
     """Decode an ETL file block by block (``chunk_records`` at a time), so memory stays bounded.
 
-    Raises EtlFormatError naming the file and record for a truncated or foreign file, or a record
-    whose code does not decode; with ``skip_bad_records`` such records are dropped and listed in
-    each block's ``bad``. B-type dummy records and (unless ``keep_model_images``) the model images
-    at the end of ETL8B2C3 / ETL9B_5 are not returned.
+    Every record is checked against everything its format states (the field tables' ``valid``, the
+    file's own ranges, the code tables, the writer key). A bad record raises EtlFormatError naming
+    the file, record and field; with ``skip_bad_records`` it is dropped and listed in its block's
+    ``bad`` instead, unless more than BAD_RECORD_LIMIT of the file is bad: such a file is refused
+    whole, as soon as that is certain. B-type dummy records and (unless ``keep_model_images``) the
+    model images at the end of ETL8B2C3 / ETL9B_5 are not returned.
     """
     path = Path(path)
     s = SETS[set_name] if set_name else SETS[set_of_file(path)]
     layout = s.layout
+    _file_number(s, path)
     size = path.stat().st_size
     L = layout.record_size
     n_records, rest = divmod(size, L)
     pending_bad: list[BadRecord] = []
+    limit = _BadShare(s, path, n_records + (1 if rest else 0))
     if rest:
         msg = (
             f"{size} bytes is not a whole number of {L}-byte {s.name} records "
@@ -713,6 +919,7 @@ def iter_etl_file(
         if not skip_bad_records or n_records == 0:
             raise EtlFormatError(f"{path}: record {n_records}: {msg}")
         pending_bad.append(BadRecord(path, n_records, f"truncated record ({rest} of {L} bytes)"))
+        limit.add(pending_bad)
     if n_records == 0:
         raise EtlFormatError(f"{path}: empty file, no {s.name} records")
     first = 1 if layout.dummy_first else 0
@@ -734,6 +941,7 @@ def iter_etl_file(
                 raise EtlFormatError(f"{path}: record 0: {problem}; not an {s.name} file?")
             if problem:
                 pending_bad.append(BadRecord(path, 0, problem))
+                limit.add(pending_bad[-1:])
         buf = np.empty(min(chunk_records, max(end - first, 1)) * L, np.uint8)
         for start in range(first, end, chunk_records):
             count = min(chunk_records, end - start)
@@ -742,16 +950,16 @@ def iter_etl_file(
             if got != count * L:
                 raise EtlFormatError(f"{path}: record {start + got // L}: file shrank while being read")
             recs = buf[: count * L].reshape(count, L)
+            numbers = np.arange(start, start + count, dtype=np.int64)
+            model = numbers >= model_start
             f = decode_records(recs, layout, images=False)
             chars, codes, checks = _labels(s, f, co59_table)
-            writers, writer_checks = _writer_keys(s, f)
-            bad_mask, which = _first_failure(count, checks + writer_checks)
-            reasons = [r for _, r in checks + writer_checks]
-            numbers = np.arange(start, start + count, dtype=np.int64)
-            bad = [
-                BadRecord(path, int(numbers[i]), reasons[which[i]].format(code=int(codes[i])))
-                for i in np.flatnonzero(bad_mask)
-            ]
+            checks += _field_checks(s, path, f, model)
+            writers, writer_checks = _writer_keys(s, path, f, numbers)
+            checks += writer_checks
+            bad_mask, which = _first_failure(count, checks)
+            bad = [BadRecord(path, int(numbers[i]), checks[which[i]][1](i)) for i in np.flatnonzero(bad_mask)]
+            limit.add(bad)
             if bad and not skip_bad_records:
                 more = (
                     f" ({len(bad)} bad records in records {start}-{start + count - 1})"
@@ -763,15 +971,15 @@ def iter_etl_file(
                 )
             if bad:
                 keep = ~bad_mask
-                recs, chars, codes, writers, numbers = (
+                recs, chars, codes, writers, numbers, model = (
                     recs[keep],
                     chars[keep],
                     codes[keep],
                     writers[keep],
                     numbers[keep],
+                    model[keep],
                 )
             images = decode_images(recs, layout.image)
-            model = numbers >= model_start
             if model.any():
                 writers = writers.copy()
                 writers[model] = f"{s.writer_group}/model"
@@ -790,6 +998,27 @@ def iter_etl_file(
             pending_bad = []
         if pending_bad:  # a file whose only content was the dummy or bad tail
             yield _empty_samples(s, path, pending_bad)
+
+
+class _BadShare:
+    """Counts a file's bad records and refuses the file once more than BAD_RECORD_LIMIT are bad."""
+
+    def __init__(self, s: EtlSet, path: Path, total: int):
+        self.s, self.path, self.total = s, path, total
+        self.allowed = int(total * BAD_RECORD_LIMIT)
+        self.count = 0
+        self.first: BadRecord | None = None
+
+    def add(self, bad: list[BadRecord]) -> None:
+        if bad and self.first is None:
+            self.first = bad[0]
+        self.count += len(bad)
+        if self.count > self.allowed:
+            raise EtlFormatError(
+                f"{self.first}; {self.count} of the file's {self.total:,} records are bad (more than "
+                f"{BAD_RECORD_LIMIT:.0%}): not a damaged {self.s.name} file but a different or corrupt "
+                f"one, refused whole even when bad records are skipped"
+            )
 
 
 def _empty_samples(s: EtlSet, path: Path, bad: list[BadRecord]) -> EtlSamples:
@@ -879,46 +1108,45 @@ def prepare_etl(
     if "ETL2" in files:
         table = Path(co59_table) if co59_table else _find_co59(Path(etl_dir))
         co59 = load_co59_table(table)
-    writer = DatasetWriter(out, image_size=image_size)
     all_files = [(n, p) for n, paths in files.items() for p in paths]
     counts: dict[str, int] = dict.fromkeys(files, 0)
     bad_total = 0
     model_total = 0
     report = sys.stderr
-    for set_name, path in tqdm(
-        all_files, unit="file", desc="ETL files", disable=quiet or bool(os.environ.get("CI"))
-    ):
-        for block in iter_etl_file(
-            path,
-            set_name,
-            chunk_records=chunk_records,
-            skip_bad_records=skip_bad_records,
-            keep_model_images=keep_model_images,
-            co59_table=co59,
-        ):
-            for b in block.bad:
-                tqdm.write(f"skipped {b}", file=report)
-            bad_total += len(block.bad)
-            if not len(block):
-                continue
-            images = normalize_images(block.images, max_level=block.max_level, size=image_size, crop=crop)
-            writer.add(images, list(block.chars), list(block.writers), set_name, codes=block.codes)
-            counts[set_name] += len(block)
-            model_total += int(block.model.sum())
-    path = writer.finish(
-        split=split,
-        seed=seed,
-        preprocess={"image_size": image_size, "crop": crop, "normalize": "normalize_images", "margin": 2},
-        provenance={
-            "source": "ETL Character Database (AIST)",
-            "etl_dir": str(etl_dir),
-            "sets": list(files),
-            "files": [p.name for _, p in all_files],
-            "samples_per_set": counts,
-            "bad_records_skipped": bad_total,
-            "model_images_kept": model_total,
-        },
-    )
+    bar = tqdm(all_files, unit="file", desc="ETL files", disable=quiet or bool(os.environ.get("CI")))
+    with DatasetWriter(out, image_size=image_size) as writer, bar:
+        for set_name, path in bar:
+            for block in iter_etl_file(
+                path,
+                set_name,
+                chunk_records=chunk_records,
+                skip_bad_records=skip_bad_records,
+                keep_model_images=keep_model_images,
+                co59_table=co59,
+            ):
+                for b in block.bad:
+                    tqdm.write(f"skipped {b}", file=report)
+                bad_total += len(block.bad)
+                if not len(block):
+                    continue
+                images = normalize_images(block.images, max_level=block.max_level, size=image_size, crop=crop)
+                writer.add(images, list(block.chars), list(block.writers), set_name, codes=block.codes)
+                counts[set_name] += len(block)
+                model_total += int(block.model.sum())
+        path = writer.finish(
+            split=split,
+            seed=seed,
+            preprocess={"image_size": image_size, "crop": crop, "normalize": "normalize_images", "margin": 2},
+            provenance={
+                "source": "ETL Character Database (AIST)",
+                "etl_dir": str(etl_dir),
+                "sets": list(files),
+                "files": [p.name for _, p in all_files],
+                "samples_per_set": counts,
+                "bad_records_skipped": bad_total,
+                "model_images_kept": model_total,
+            },
+        )
     if not quiet:
         from kanjirec.data.store import PackedDataset
 

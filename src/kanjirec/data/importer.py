@@ -21,11 +21,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from kanjirec.data.preprocess import normalize_images
+from kanjirec.data.preprocess import normalize_images, open_image
 from kanjirec.data.store import DatasetWriter
-from kanjirec.errors import DatasetFormatError
+from kanjirec.errors import DatasetFormatError, ImageInputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 _WORK = 256  # images are first fitted into this square so a batch can be normalised at once
@@ -51,20 +51,27 @@ def list_labelled_images(src: Path) -> list[tuple[Path, str, str]]:
 
 def _from_csv(path: Path) -> list[tuple[Path, str, str]]:
     items = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "character"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetFormatError(
-                f"{path}: header must name columns path,character[,writer]; missing {missing}"
-            )
-        for line, row in enumerate(reader, start=2):
-            char = row["character"]
-            if len(char) != 1:
-                raise DatasetFormatError(f"{path}, line {line}: character {char!r} is not one character")
-            img = (path.parent / row["path"]).resolve()
-            writer = row.get("writer") or img.parent.name
-            items.append((img, char, f"user/{writer}"))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"path", "character"} - set(reader.fieldnames or [])
+            if missing:
+                raise DatasetFormatError(
+                    f"{path}: header must name columns path,character[,writer]; missing {missing}"
+                )
+            for line, row in enumerate(reader, start=2):
+                char, image = row["character"] or "", row["path"] or ""  # None when a row is short
+                if len(char) != 1:
+                    raise DatasetFormatError(f"{path}, line {line}: character {char!r} is not one character")
+                if not image:
+                    raise DatasetFormatError(f"{path}, line {line}: no image path")
+                img = (path.parent / image).resolve()
+                writer = row.get("writer") or img.parent.name
+                items.append((img, char, f"user/{writer}"))
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path}: not UTF-8 text ({e})") from e
+    except csv.Error as e:
+        raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from e
     if not items:
         raise DatasetFormatError(f"{path}: no rows")
     return items
@@ -72,16 +79,15 @@ def _from_csv(path: Path) -> list[tuple[Path, str, str]]:
 
 def load_ink_high(path: Path) -> np.ndarray:
     """A greyscale image with ink high, fitted (aspect kept) into a _WORK x _WORK canvas."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
+    with open_image(path) as im:
+        try:
+            if im.mode in ("RGBA", "LA", "P", "PA"):
                 im = im.convert("RGBA")
                 paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(paper, im)
             grey = np.asarray(im.convert("L"), np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DatasetFormatError(f"{path}: not a readable image ({e})") from e
+        except ValueError as e:  # a pixel mode Pillow cannot turn into grey levels
+            raise ImageInputError(f"{path}: cannot convert its {im.mode} pixels to grey ({e})") from e
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) > 127:  # light paper: ink is dark, flip it
         grey = 255 - grey
@@ -114,17 +120,17 @@ def import_images(
             f"{src}: {n_writers} writer(s) cannot make a writer-disjoint split; add a writer column "
             f"to the CSV or use --split random"
         )
-    writer = DatasetWriter(out, image_size=image_size)
-    for start in range(0, len(items), chunk):
-        part = items[start : start + chunk]
-        raw = np.stack([load_ink_high(p) for p, _, _ in part])
-        images = normalize_images(raw, max_level=255, size=image_size, crop=crop)
-        writer.add(images, [c for _, c, _ in part], [w for _, _, w in part], source="user")
-    path = writer.finish(
-        split=split,
-        seed=seed,
-        preprocess={"max_level": 255, "crop": crop, "size": image_size},
-        provenance={"imported_from": str(src)},
-    )
+    with DatasetWriter(out, image_size=image_size) as writer:
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            raw = np.stack([load_ink_high(p) for p, _, _ in part])
+            images = normalize_images(raw, max_level=255, size=image_size, crop=crop)
+            writer.add(images, [c for _, c, _ in part], [w for _, _, w in part], source="user")
+        path = writer.finish(
+            split=split,
+            seed=seed,
+            preprocess={"max_level": 255, "crop": crop, "size": image_size},
+            provenance={"imported_from": str(src)},
+        )
     print(f"imported {len(items):,} images of {len({c for _, c, _ in items}):,} characters into {path}")
     return path

@@ -13,13 +13,29 @@ rendered strokes, fonts drawn as white on black) into that convention:
 It is vectorised over the batch with torch (one ``grid_sample`` per chunk), so
 no image is resized in a Python loop and nothing is kept as float beyond the
 chunk being processed.
+
+Image files come in through `open_image`, the one place that reads them: it refuses
+non-images, damaged files and images over `MAX_IMAGE_PIXELS` with an `ImageInputError`
+naming the file, before anything expensive happens.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from kanjirec.errors import ImageInputError
+
+# The largest image accepted, checked from the file's header before any pixel is decoded: 40
+# megapixels is a full-page scan at 600 dpi, far more than one character needs, while decoding
+# much larger files costs seconds and gigabytes (Pillow's own guard starts at 89 megapixels).
+MAX_IMAGE_PIXELS = 40_000_000
 
 # Above this fraction of full ink a pixel counts as ink for cropping.
 _INK_THRESHOLD = 0.25
@@ -120,3 +136,46 @@ def _resize_chunk(x: torch.Tensor, size: int, crop: bool, margin: int) -> torch.
     grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (out[:, 0] * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image file at ``path``, decoded; ImageInputError naming the file if it is missing, not an
+    image, truncated or damaged, or larger than MAX_IMAGE_PIXELS (checked before decoding)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"{path}: no such image file")
+    with warnings.catch_warnings():
+        # Pillow warns from 89 megapixels on (ours is the lower limit, checked below) and about
+        # damaged metadata it skips; the user gets our error or the image, not Pillow's warnings.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+        return _open_checked(path)
+
+
+def _open_checked(path: Path) -> Image.Image:
+    limit = f"the limit of {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+    # Pillow's parsers raise many types on damaged data (OSError, SyntaxError, ValueError, EOFError,
+    # struct.error, ...); each means the same to the user: this file is not a readable image.
+    try:
+        im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as e:  # over twice Pillow's limit: the size is in its message
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels[1]) / 1e6:,.0f} megapixels" if pixels else "an image of that many pixels"
+        raise ImageInputError(f"{path}: {size} is over {limit}; scale it down first") from e
+    except UnidentifiedImageError as e:
+        raise ImageInputError(f"{path}: not an image file Pillow can read (PNG, JPEG, BMP, TIFF, ...)") from e
+    except Exception as e:
+        raise ImageInputError(f"{path}: not a readable image ({e})") from e
+    width, height = im.size
+    if width * height > MAX_IMAGE_PIXELS:
+        im.close()
+        raise ImageInputError(
+            f"{path}: {width} x {height} pixels ({width * height / 1e6:,.0f} megapixels) is over {limit}; "
+            f"scale it down first"
+        )
+    try:
+        im.load()
+    except Exception as e:
+        im.close()
+        raise ImageInputError(f"{path}: truncated or damaged {im.format or ''} image ({e})") from e
+    return im

@@ -37,7 +37,9 @@ class DatasetWriter:
     """Write a packed dataset sample batch by sample batch.
 
     Nothing becomes visible at ``out_dir`` until `finish` renames the finished
-    directory into place, so an interrupted prepare leaves no half dataset.
+    directory into place. Used as a context manager (``with DatasetWriter(out) as w:``),
+    any failure before that (an exception, Ctrl-C) removes the ``<out>.partial`` folder
+    too, so a failed prepare leaves nothing behind.
     """
 
     def __init__(self, out_dir: str | Path, image_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE):
@@ -60,6 +62,25 @@ class DatasetWriter:
         self._codes: list[np.ndarray] = []
         self._strokes: list[list[np.ndarray]] | None = None
         self._count = 0
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return
+        try:
+            self.abort()
+        except OSError as e:  # the failure the user must see stays the original one
+            exc.add_note(f"and {self._tmp} could not be removed: {e}")
+
+    def abort(self) -> None:
+        """Drop everything written so far: the open shard and the ``.partial`` folder."""
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
 
     def add(
         self,
@@ -292,11 +313,7 @@ class PackedDataset:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DatasetFormatError(f"{meta_path}: unreadable ({e})") from e
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise DatasetFormatError(
-                f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
-                f"expected {FORMAT!r} version {VERSION}"
-            )
+        _check_meta(meta, meta_path)
         n, s = meta["count"], meta["image_size"]
         shards = []
         for shard in meta["shards"]:
@@ -309,12 +326,13 @@ class PackedDataset:
             shards.append(arr)
         arrays = {}
         for name, dtype in _ARRAYS.items():
-            arr = _load(path / f"{name}.npy", mmap=False)
+            # Mapped first, so a header claiming more than the file holds fails before any allocation.
+            arr = _load(path / f"{name}.npy", mmap=True)
             if arr.dtype != dtype or arr.shape != (n,):
                 raise DatasetFormatError(
                     f"{path / name}.npy: expected {np.dtype(dtype)} ({n},), found {arr.dtype} {arr.shape}"
                 )
-            arrays[name] = arr
+            arrays[name] = np.array(arr)
         for name, limit in (
             ("labels", len(meta["classes"])),
             ("writers", len(meta["writers"])),
@@ -369,8 +387,7 @@ class PackedDataset:
         if not self.has_strokes:
             raise DatasetFormatError(f"{self.path}: this dataset stores no stroke sequences")
         if self._strokes is None:
-            with np.load(self.path / "strokes.npz") as z:
-                self._strokes = {k: z[k] for k in z.files}
+            self._strokes = _load_strokes(self.path / "strokes.npz", len(self))
         st = self._strokes
         a, b = st["sample_ptr"][i], st["sample_ptr"][i + 1]
         ptr = st["stroke_ptr"]
@@ -450,10 +467,91 @@ class PackedDataset:
         return out
 
 
+_META_TYPES = {
+    "count": int,
+    "image_size": int,
+    "classes": list,
+    "sources": list,
+    "writers": list,
+    "shards": list,
+    "split": dict,
+    "convention": str,
+}
+
+
+def _check_meta(meta: object, meta_path: Path) -> None:
+    """Every key `PackedDataset` reads, with its type and what it must agree with."""
+
+    def bad(what: str) -> DatasetFormatError:
+        return DatasetFormatError(f"{meta_path}: {what}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"holds a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        found = f"format {meta.get('format')!r} version {meta.get('version')!r}"
+        raise bad(f"{found}, expected {FORMAT!r} version {VERSION}")
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        # bool is an int to Python, not a count.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise bad(f"{key!r} must be a JSON {kind.__name__}, found {value!r:.60}")
+    if meta["count"] < 1 or meta["image_size"] < 1:
+        raise bad(f"count {meta['count']} and image_size {meta['image_size']} must be positive")
+    for key in ("classes", "sources", "writers"):
+        if not all(isinstance(v, str) for v in meta[key]) or len(set(meta[key])) != len(meta[key]):
+            raise bad(f"{key!r} must be a list of distinct strings")
+    if not all(len(c) == 1 for c in meta["classes"]):
+        raise bad("every class must be one character")
+    shards = meta["shards"]
+    for k, shard in enumerate(shards):
+        file, count = (shard.get("file"), shard.get("count")) if isinstance(shard, dict) else (None, None)
+        # A plain file name inside the dataset folder, nothing that points elsewhere.
+        if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+            raise bad(f"shard {k}: 'file' must be a file name in the dataset folder, found {file!r:.60}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise bad(f"shard {k}: 'count' must be a non-negative integer, found {count!r:.60}")
+    if sum(shard["count"] for shard in shards) != meta["count"] or not shards:
+        raise bad(f"the shards hold {sum(sh['count'] for sh in shards)} images, but count is {meta['count']}")
+    if not isinstance(meta["split"].get("kind"), str) or not isinstance(meta["split"].get("seed"), int):
+        raise bad("'split' must give the split's 'kind' and 'seed'")
+
+
+def _load_strokes(path: Path, count: int) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DatasetFormatError(
+            f"{path}: missing file of the packed dataset (meta.json says it has strokes)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            st = {k: z[k] for k in ("points", "stroke_ptr", "sample_ptr")}
+    except Exception as e:  # as in _load: zip, header and array errors all mean a damaged file
+        raise DatasetFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    points, strokes, samples = st["points"], st["stroke_ptr"], st["sample_ptr"]
+    consistent = (
+        points.ndim == 2
+        and points.shape[1] == 2
+        and strokes.ndim == samples.ndim == 1
+        and len(samples) == count + 1
+        and len(strokes) >= 1
+        and samples[0] == strokes[0] == 0
+        and np.all(np.diff(samples) >= 0)
+        and np.all(np.diff(strokes) >= 0)
+        and samples[-1] == len(strokes) - 1
+        and strokes[-1] == len(points)
+    )
+    if not consistent:
+        raise DatasetFormatError(
+            f"{path}: stroke arrays do not fit together or do not match the {count} samples"
+        )
+    return st
+
+
 def _load(path: Path, mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise DatasetFormatError(f"{path}: missing file of the packed dataset")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DatasetFormatError(f"{path}: unreadable ({e})") from e
+    # A damaged header reaches numpy's parser, which raises more than ValueError (tokenize's
+    # TokenError, SyntaxError, ...); each means the same to the user: this file is damaged.
+    except Exception as e:
+        raise DatasetFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from e

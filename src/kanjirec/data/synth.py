@@ -1163,50 +1163,52 @@ def synthesize(
         )
 
     init_args = (stroke_chars, faces, seed, image_size, with_strokes)
-    writer = DatasetWriter(out, image_size=image_size)
-    total = sum(j.n_writers * len(stroke_chars) if isinstance(j, _StrokeJob) else len(j.chars) for j in jobs)
-    from tqdm import tqdm
+    with DatasetWriter(out, image_size=image_size) as writer:
+        total = sum(
+            j.n_writers * len(stroke_chars) if isinstance(j, _StrokeJob) else len(j.chars) for j in jobs
+        )
+        from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="img", desc="synth", disable=bool(os.environ.get("CI")))
-    if workers > 1:
-        import multiprocessing as mp
+        bar = tqdm(total=total, unit="img", desc="synth", disable=bool(os.environ.get("CI")))
+        if workers > 1:
+            import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = _in_order(pool, jobs, ahead=2 * workers)
-    else:
-        import torch
-
-        pool = None
-        threads = torch.get_num_threads()
-        _init_worker(*init_args)
-        results = map(_run_job, jobs)
-    try:
-        for images, cs, ws, source, strokes in results:
-            writer.add(images, cs, ws, source, strokes=strokes)
-            bar.update(len(images))
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init_args)
+            results = _in_order(pool, jobs, ahead=2 * workers)
         else:
-            torch.set_num_threads(threads)
-    _, kvg_version = kanjivg_dir()
-    return writer.finish(
-        split=split,
-        seed=seed,
-        preprocess={"max_level": MAX_LEVEL, "size": image_size, "crop": False, "margin": 0},
-        provenance={
-            "generator": "kanjirec.data.synth",
-            "charset": str(charset) if isinstance(charset, str | Path) else "custom",
-            "per_class": per_class,
-            "seed": seed,
-            "font_fraction": font_fraction,
-            "stroke_writers": n_stroke,
-            "kanjivg": f"KanjiVG {kvg_version} (C) Ulrich Apel, CC BY-SA 3.0, http://kanjivg.tagaini.net",
-            "fonts": [{"path": str(f.path), "index": f.index, "name": f.name} for f in faces],
-            "skipped": "".join(skipped),
-        },
-    )
+            import torch
+
+            pool = None
+            threads = torch.get_num_threads()
+            _init_worker(*init_args)
+            results = map(_run_job, jobs)
+        try:
+            for images, cs, ws, source, strokes in results:
+                writer.add(images, cs, ws, source, strokes=strokes)
+                bar.update(len(images))
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+            else:
+                torch.set_num_threads(threads)
+        _, kvg_version = kanjivg_dir()
+        return writer.finish(
+            split=split,
+            seed=seed,
+            preprocess={"max_level": MAX_LEVEL, "size": image_size, "crop": False, "margin": 0},
+            provenance={
+                "generator": "kanjirec.data.synth",
+                "charset": str(charset) if isinstance(charset, str | Path) else "custom",
+                "per_class": per_class,
+                "seed": seed,
+                "font_fraction": font_fraction,
+                "stroke_writers": n_stroke,
+                "kanjivg": f"KanjiVG {kvg_version} (C) Ulrich Apel, CC BY-SA 3.0, http://kanjivg.tagaini.net",
+                "fonts": [{"path": str(f.path), "index": f.index, "name": f.name} for f in faces],
+                "skipped": "".join(skipped),
+            },
+        )
 
 
 # ---------------------------------------------------------------- coverage report
