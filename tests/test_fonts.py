@@ -1,4 +1,6 @@
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +165,9 @@ def test_only_allow_listed_registry_files_are_ever_resolved(tmp_path, capsys):
     with pytest.raises(FontError, match="has no face 'IPAMincho' 'Regular'"):
         registry_faces((decoy,))
     assert install_hint(["fonts-ipafont", "fonts-not-on-the-list"]).endswith("apt-get install fonts-ipafont")
+
+
+def test_setup_script_installs_the_allow_list_only():
+    script = (Path(__file__).parents[1] / "scripts" / "setup.sh").read_text()
+    named = set(re.findall(r"\bfonts-[a-z0-9-]+", script))
+    assert named == set(ALLOWED_PACKAGES)

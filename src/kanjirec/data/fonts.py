@@ -98,8 +98,7 @@ class FontFace:
     def coverage(self) -> frozenset[int]:
         """Code points the face may draw: those its cmap maps to a glyph, and for a Chinese face only
         those whose form in its regional standard(s) is the Japanese form."""
-        cmap = _cmap(self.path, self.index)
-        return cmap & chinese_form_agreement(self.forms) if self.forms else cmap
+        return _coverage(self.path, self.index, self.forms)
 
     def covers(self, chars: Iterable[str]) -> np.ndarray:
         cov = self.coverage()
@@ -130,6 +129,12 @@ def _glyph_map(path: Path, index: int) -> dict[int, str]:
     if cmap is None:
         raise FontError(f"{path}: face {index} has no Unicode cmap")
     return dict(cmap)
+
+
+@cache
+def _coverage(path: Path, index: int, forms: tuple[str, ...]) -> frozenset[int]:
+    cmap = _cmap(path, index)
+    return cmap & chinese_form_agreement(forms) if forms else cmap
 
 
 @cache
@@ -383,20 +388,22 @@ def signed_distance(glyph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (float16), and its centre lines: the glyph's coverage there, 0 elsewhere (uint8).
 
     Pixels the outline crosses take their distance from their coverage (``g - 0.5``, within half a
-    pixel of the outline), the rest from Euclidean distance transforms (at least half a pixel from it),
-    so that ``clip(d + 0.5, 0, 1)`` gives back the glyph as drawn. A centre-line pixel is a maximum
-    of the distance across the stroke, along rows or columns; a plateau along a stroke is not one."""
+    pixel of the outline), the rest half a pixel more than their distance to the nearest pixel on
+    either side of the outline (one Euclidean distance transform), so that ``clip(d + 0.5, 0, 1)``
+    gives back the glyph as drawn. A centre-line pixel is a maximum of the distance across the
+    stroke, along rows or columns; a plateau along a stroke is not one."""
     from scipy import ndimage
 
     g = glyph.astype(np.float32) / np.float32(255)
     inside = g >= 0.5
     if not inside.any():  # a blank glyph (a space): nothing to thicken or thin
         return (g - np.float32(0.5) - np.float32(glyph.shape[-1])).astype(np.float16), np.zeros_like(glyph)
-    dist = np.where(
-        inside, ndimage.distance_transform_edt(inside) - 0.5, 0.5 - ndimage.distance_transform_edt(~inside)
-    ).astype(np.float32)
-    # Pixels the outline crosses: their coverage says where it crosses them.
-    edge = (glyph > 0) & (glyph < 255)
+    edge = (glyph > 0) & (glyph < 255)  # pixels the outline crosses
+    p = np.pad(inside, 1, mode="edge")
+    contour = edge | (p[1:-1, :-2] != inside) | (p[1:-1, 2:] != inside)
+    contour |= (p[:-2, 1:-1] != inside) | (p[2:, 1:-1] != inside)
+    dist = ndimage.distance_transform_edt(~contour).astype(np.float32) + np.float32(0.5)
+    np.negative(dist, out=dist, where=~inside)
     dist[edge] = g[edge] - np.float32(0.5)
     centre = inside & (_across_maxima(dist) | _across_maxima(dist.T).T)
     return dist.astype(np.float16), np.where(centre, glyph, 0).astype(np.uint8)
