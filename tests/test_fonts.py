@@ -14,6 +14,7 @@ from kanjirec.data.fonts import (
     _cmap,
     chinese_form_agreement,
     default_fonts,
+    font_report,
     held_out_faces,
     install_hint,
     missing_packages,
@@ -43,8 +44,14 @@ def test_chinese_forms_follow_the_faces_standard_per_character():
 
     # TW-Kai (Taiwan's standard) has glyphs for all of them, yet may draw only the agreeing ones.
     tw = _face("TW-Kai Regular")
-    assert all(ord(c) in _cmap(tw.path, tw.index) for c in "角骨直写国")
-    assert tw.covers(list("角骨直写国")).tolist() == [True, False, False, False, True]
+    assert all(ord(c) in _cmap(tw.path, tw.index) for c in "角骨直写川")
+    assert tw.covers(list("角骨直写川")).tolist() == [True, False, False, False, True]
+    # 円 agrees everywhere in Noto, but is in neither Big5 nor GB 2312: cwTeX Kai's glyph for it is an
+    # extension drawn like 冄, so no Chinese face draws it.
+    cwtex = _face("cwTeXKai Medium")
+    assert ord("円") in _cmap(cwtex.path, cwtex.index)
+    assert ord("円") in chinese_form_agreement(("SC", "TC", "HK"))
+    assert not any(f.covers(["円"])[0] for f in registry_faces() if f.forms)
     # UKai's standard is mixed (Big5 and GB glyphs): a character must agree with every region.
     ukai = _face("AR PL UKai TW MBE Book")
     assert ord("角") in _cmap(ukai.path, ukai.index) and not ukai.covers(["角"])[0]
@@ -165,6 +172,19 @@ def test_only_allow_listed_registry_files_are_ever_resolved(tmp_path, capsys):
     with pytest.raises(FontError, match="has no face 'IPAMincho' 'Regular'"):
         registry_faces((decoy,))
     assert install_hint(["fonts-ipafont", "fonts-not-on-the-list"]).endswith("apt-get install fonts-ipafont")
+
+
+def test_font_report_lists_every_face_with_its_role(tmp_path):
+    for name in ("IPAGothic Regular", "BIZ UDGothic Bold", "Konatu Regular"):
+        (tmp_path / _face(name).path.name).symlink_to(_face(name).path)
+    report = font_report(["kana"], dirs=(tmp_path,)).splitlines()
+    rows = {line[:36].strip(): line.split() for line in report[1 : 1 + len(FACES)]}
+    assert len(rows) == len(FACES)
+    assert rows["BIZ UDGothic Bold"][-4:] == ["held", "out", "fonts-morisawa-bizud-gothic", "169"]
+    assert rows["IPAGothic Regular"][-3:] == ["default", "fonts-ipafont", "169"]
+    assert rows["Konatu Regular"][-3:] == ["training", "fonts-konatu", "169"]
+    assert rows["TW-Kai Regular"][-4:] == ["held", "out", "fonts-cns11643-kai", "-"]
+    assert report[-1].startswith("21 packages missing: install them with: apt-get install fonts-noto-cjk")
 
 
 def test_setup_script_installs_the_allow_list_only():

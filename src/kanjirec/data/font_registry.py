@@ -46,8 +46,11 @@ class FaceSpec:
     style: str  # style name in the file's name table
     family: str  # design family: the leave-styles-out unit
     # Chinese faces: the Noto CJK regions (SC, TC, HK) whose glyph must be the JP glyph for the face to
-    # draw a character (see fonts.chinese_form_agreement); empty for Japanese faces.
+    # draw a character (see fonts.chinese_form_agreement), and the codecs of the character sets its
+    # designers drew to that standard (a glyph outside them is an extension of no fixed form: cwTeX Kai
+    # draws 円 like 冄). Both empty for Japanese faces.
     forms: tuple[str, ...] = ()
+    charsets: tuple[str, ...] = ()
     default: bool = False  # one of the print faces used when nothing else is asked for
 
 
@@ -56,6 +59,7 @@ _UME = "fonts-horai-umefont"
 # ukai and uming are Arphic's Big5 designs extended with GB glyphs: their CN/HK/TW faces differ in two
 # JIS level-1 characters only (令 骨), so their standard is mixed and a character must agree with all.
 _ALL_REGIONS = ("SC", "TC", "HK")
+_MIXED = (_ALL_REGIONS, ("big5", "gb2312"))
 
 FACES: tuple[FaceSpec, ...] = (
     # Noto Sans / Serif CJK (Source Han): the JP face of each weight's collection.
@@ -117,9 +121,9 @@ FACES: tuple[FaceSpec, ...] = (
         "fonts-oradano-mincho-gsrr", "OradanoGSRR.ttf", "Oradano-mincho-GSRR", "mincho-GSRR", "Oradano Mincho"
     ),
     # Chinese faces: per-character form agreement decides what they draw.
-    FaceSpec("fonts-arphic-ukai", "ukai.ttc", "AR PL UKai TW MBE", "Book", "AR PL UKai", _ALL_REGIONS),
-    FaceSpec("fonts-arphic-uming", "uming.ttc", "AR PL UMing TW MBE", "Light", "AR PL UMing", _ALL_REGIONS),
-    FaceSpec("fonts-cwtex-kai", "cwkai.ttf", "cwTeXKai", "Medium", "cwTeX Kai", _ALL_REGIONS),
+    FaceSpec("fonts-arphic-ukai", "ukai.ttc", "AR PL UKai TW MBE", "Book", "AR PL UKai", *_MIXED),
+    FaceSpec("fonts-arphic-uming", "uming.ttc", "AR PL UMing TW MBE", "Light", "AR PL UMing", *_MIXED),
+    FaceSpec("fonts-cwtex-kai", "cwkai.ttf", "cwTeXKai", "Medium", "cwTeX Kai", _ALL_REGIONS, ("big5",)),
     # The Taiwanese government's font, drawn to the Ministry of Education's standard forms.
-    FaceSpec("fonts-cns11643-kai", "TW-Kai-98_1.ttf", "TW-Kai", "Regular", "TW-Kai", ("TC",)),
+    FaceSpec("fonts-cns11643-kai", "TW-Kai-98_1.ttf", "TW-Kai", "Regular", "TW-Kai", ("TC",), ("big5",)),
 )

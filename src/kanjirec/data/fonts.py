@@ -80,6 +80,7 @@ class FontFace:
     design_family: str = ""
     package: str = ""
     forms: tuple[str, ...] = ()
+    charsets: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -98,7 +99,7 @@ class FontFace:
     def coverage(self) -> frozenset[int]:
         """Code points the face may draw: those its cmap maps to a glyph, and for a Chinese face only
         those whose form in its regional standard(s) is the Japanese form."""
-        return _coverage(self.path, self.index, self.forms)
+        return _coverage(self.path, self.index, self.forms, self.charsets)
 
     def covers(self, chars: Iterable[str]) -> np.ndarray:
         cov = self.coverage()
@@ -132,9 +133,21 @@ def _glyph_map(path: Path, index: int) -> dict[int, str]:
 
 
 @cache
-def _coverage(path: Path, index: int, forms: tuple[str, ...]) -> frozenset[int]:
-    cmap = _cmap(path, index)
-    return cmap & chinese_form_agreement(forms) if forms else cmap
+def _coverage(path: Path, index: int, forms: tuple[str, ...], charsets: tuple[str, ...]) -> frozenset[int]:
+    cover = _cmap(path, index)
+    if forms:
+        cover &= chinese_form_agreement(forms)
+    if charsets:
+        cover = frozenset(cp for cp in cover if any(_encodable(chr(cp), codec) for codec in charsets))
+    return cover
+
+
+def _encodable(char: str, codec: str) -> bool:
+    try:
+        char.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @cache
@@ -186,7 +199,9 @@ def _registry_face(spec: FaceSpec, path: Path) -> FontFace:
         raise FontError(
             f"{path}: has no face {spec.face!r} {spec.style!r} (is it the file of {spec.package}?)"
         )
-    return FontFace(face.path, face.index, face.family, face.style, spec.family, spec.package, spec.forms)
+    return FontFace(
+        face.path, face.index, face.family, face.style, spec.family, spec.package, spec.forms, spec.charsets
+    )
 
 
 @cache
@@ -290,6 +305,39 @@ def resolve_fonts(extra: Sequence[str | Path] = (), use_defaults: bool = True) -
     for spec in extra:
         faces.extend(f for f in font_from_path(spec) if f not in faces)
     return faces
+
+
+def font_report(charsets: Sequence[str] = ("kana", "jis1"), dirs: tuple[Path, ...] = FONT_DIRS) -> str:
+    """Every registry face with its role (default, training, held out), package and the characters of
+    each named set it may draw; then how many of them have Chinese regional forms unlike Japanese."""
+    from kanjirec.charset import get_charset
+
+    sets = {name: get_charset(name) for name in charsets}
+    faces = {(f.family, f.style): f for f in registry_faces(dirs)}
+    lines = [
+        f"{'face':36} {'family':18} {'role':9} {'package':28} " + " ".join(f"{n:>6}" for n in sets),
+    ]
+    for spec in FACES:
+        face = faces.get((spec.face, spec.style))
+        role = (
+            "held out" if spec.family in HELD_OUT_FONT_FAMILIES else "default" if spec.default else "training"
+        )
+        counts = [f"{int(face.covers(c).sum()):6d}" if face else f"{'-':>6}" for c in sets.values()]
+        name = f"{spec.face} {spec.style}"
+        lines.append(f"{name:36} {spec.family:18} {role:9} {spec.package:28} " + " ".join(counts))
+    if all(file_name in _font_files(dirs) for file_name, _ in _FORM_REFERENCES):
+        sizes = ", ".join(f"{name} {len(chars)}" for name, chars in sets.items())
+        lines.append(f"characters whose Noto CJK JP form is the regional form too (of {sizes}):")
+        for regions in (("SC",), ("TC",), ("HK",), _REGIONS):
+            agreed = chinese_form_agreement(regions, dirs)
+            counts = ", ".join(
+                f"{name} {sum(ord(c) in agreed for c in chars)}" for name, chars in sets.items()
+            )
+            lines.append(f"  {'+'.join(regions):9} {counts}")
+    missing = missing_packages(dirs=dirs)
+    if missing:
+        lines.append(f"{len(missing)} packages missing: {install_hint(missing)}")
+    return "\n".join(lines)
 
 
 class GlyphCache:
