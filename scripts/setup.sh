@@ -3,16 +3,16 @@
 # in .venv, the CPU build of torch, and the package itself.
 #
 # Fonts: only packages on kanjirec's allow-list (src/kanjirec/data/font_registry.py,
-# docs/FONTS.md) are ever installed. KANJIREC_FONTS=all (the default) installs every one
-# (training faces and the held-out families: ~383 MB download, ~870 MB on disk, ~2 min on
-# a fast mirror; docs/FONTS.md lists each package);
+# docs/FONTS.md) are ever installed. KANJIREC_FONTS=all (the default) installs every one the
+# registry uses (training faces and the held-out families: ~358 MB download, ~820 MB on disk,
+# ~2 min on a fast mirror; docs/FONTS.md lists each package);
 # KANJIREC_FONTS=default only the default print faces (Noto CJK, IPA, IPAex: ~73 MB download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 default_fonts=(fonts-noto-cjk fonts-ipafont fonts-ipaexfont)
 all_fonts=(
-    "${default_fonts[@]}" fonts-noto-cjk-extra fonts-ipamj-mincho fonts-hanazono
+    "${default_fonts[@]}" fonts-noto-cjk-extra fonts-hanazono
     fonts-sawarabi-gothic fonts-sawarabi-mincho fonts-motoya-l-cedar fonts-motoya-l-maruberi
     fonts-morisawa-bizud-gothic fonts-morisawa-bizud-mincho fonts-migmix fonts-horai-umefont
     fonts-konatu fonts-monapo fonts-dejima-mincho fonts-oradano-mincho-gsrr fonts-arphic-ukai

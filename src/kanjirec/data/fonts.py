@@ -76,7 +76,8 @@ class FontFace:
     family: str
     style: str
     # Registry faces only: the design family (leave-styles-out unit), the Debian package, and for a
-    # Chinese face the Noto CJK regions whose forms it must share with Japanese to draw a character.
+    # Chinese face the Noto CJK regions whose forms a character's Japanese form must match and the
+    # codecs of the character sets it must belong to (see font_registry.FaceSpec).
     design_family: str = ""
     package: str = ""
     forms: tuple[str, ...] = ()
@@ -98,7 +99,7 @@ class FontFace:
 
     def coverage(self) -> frozenset[int]:
         """Code points the face may draw: those its cmap maps to a glyph, and for a Chinese face only
-        those whose form in its regional standard(s) is the Japanese form."""
+        those of its standard's character set whose form there is the Japanese form."""
         return _coverage(self.path, self.index, self.forms, self.charsets)
 
     def covers(self, chars: Iterable[str]) -> np.ndarray:
@@ -309,7 +310,7 @@ def resolve_fonts(extra: Sequence[str | Path] = (), use_defaults: bool = True) -
 
 def font_report(charsets: Sequence[str] = ("kana", "jis1"), dirs: tuple[Path, ...] = FONT_DIRS) -> str:
     """Every registry face with its role (default, training, held out), package and the characters of
-    each named set it may draw; then how many of them have Chinese regional forms unlike Japanese."""
+    each named set it may draw; then how many of them have their Japanese form in Chinese standards."""
     from kanjirec.charset import get_charset
 
     sets = {name: get_charset(name) for name in charsets}
@@ -338,6 +339,25 @@ def font_report(charsets: Sequence[str] = ("kana", "jis1"), dirs: tuple[Path, ..
     if missing:
         lines.append(f"{len(missing)} packages missing: {install_hint(missing)}")
     return "\n".join(lines)
+
+
+_WIDTH_PROBES = "永国書明語愛川東口"
+
+
+@cache
+def stroke_width(face: FontFace, res: int = 128) -> float:
+    """The face's typical stroke width in em: the median over a few common characters of twice the
+    distance to the outline along their strokes' centre lines (as `apply_weight` sees them).
+
+    A weight of ``target - stroke_width(face)`` gives the face strokes about ``target`` em wide."""
+    probes = [c for c in _WIDTH_PROBES if ord(c) in face.coverage()]
+    if not probes:
+        raise FontError(f"{face.path} ({face.name}): none of {_WIDTH_PROBES} to measure strokes on")
+    cache = GlyphCache(face, res)
+    cache.get(probes)
+    fields = [signed_distance(cache._glyphs[c]) for c in probes]
+    half = np.concatenate([d.astype(np.float32)[centre > 0] for d, centre in fields])
+    return float(2 * np.median(half) / res)
 
 
 class GlyphCache:
