@@ -19,6 +19,7 @@ from kanjirec.data.fonts import (
     install_hint,
     missing_packages,
     registry_faces,
+    stroke_width,
     training_faces,
 )
 from kanjirec.data.sequences import thin
@@ -121,6 +122,18 @@ def test_weighted_glyphs_stay_recognisable_and_keep_every_stroke():
             own = ndimage.binary_dilation(thin(ink >= 0.5), np.ones((1, 5, 5), bool))
             iou = (own[:, None] & near[None]).sum((2, 3)) / (own[:, None] | near[None]).sum((2, 3))
             assert (iou.argmax(1) == np.arange(len(CHARS))).all(), (name, w)
+
+
+def test_stroke_width_orders_weights_and_sets_a_target_width():
+    names = ("Thin Regular", "Regular", "Bold", "Black Regular")
+    widths = [stroke_width(_face(f"Noto Sans CJK JP {n}")) for n in names]
+    assert widths == sorted(widths) and widths[0] < 0.03 and widths[-1] > 0.12
+    # A weight of target - stroke_width(face) gives IPA Mincho strokes about as wide as Noto Sans Bold's.
+    mincho = _face("IPAMincho Regular")
+    ink = GlyphCache(mincho, RES).get(CHARS, np.full(len(CHARS), widths[2] - stroke_width(mincho)))
+    bold = GlyphCache(_face("Noto Sans CJK JP Bold"), RES).get(CHARS)
+    measured = [np.median([_stroke_width(g) for g in glyphs]) / RES for glyphs in (ink, bold)]
+    assert abs(measured[0] - measured[1]) < 0.015, measured
 
 
 def test_smoothed_weighted_glyphs_match_the_unweighted_path():
