@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
-# Set up kanjirec on a fresh Debian machine: the default print fonts, a virtual
-# environment in .venv, the CPU build of torch, and the package itself.
+# Set up kanjirec on a fresh Debian machine: the print fonts, a virtual environment
+# in .venv, the CPU build of torch, and the package itself.
+#
+# Fonts: only packages on kanjirec's allow-list (src/kanjirec/data/font_registry.py,
+# docs/FONTS.md) are ever installed. KANJIREC_FONTS=all (the default) installs every one the
+# registry uses (training faces and the held-out families: ~358 MB download, ~820 MB on disk,
+# ~2 min on a fast mirror; docs/FONTS.md lists each package);
+# KANJIREC_FONTS=default only the default print faces (Noto CJK, IPA, IPAex: ~73 MB download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-fonts=(fonts-noto-cjk fonts-ipafont fonts-ipaexfont)
+default_fonts=(fonts-noto-cjk fonts-ipafont fonts-ipaexfont)
+all_fonts=(
+    "${default_fonts[@]}" fonts-noto-cjk-extra fonts-hanazono
+    fonts-sawarabi-gothic fonts-sawarabi-mincho fonts-motoya-l-cedar fonts-motoya-l-maruberi
+    fonts-morisawa-bizud-gothic fonts-morisawa-bizud-mincho fonts-migmix fonts-horai-umefont
+    fonts-konatu fonts-monapo fonts-dejima-mincho fonts-oradano-mincho-gsrr fonts-arphic-ukai
+    fonts-arphic-uming fonts-cwtex-kai fonts-cns11643-kai
+)
+case "${KANJIREC_FONTS:-all}" in
+    all) fonts=("${all_fonts[@]}") ;;
+    default) fonts=("${default_fonts[@]}") ;;
+    *) echo "setup: KANJIREC_FONTS must be 'all' or 'default', got '${KANJIREC_FONTS}'" >&2; exit 2 ;;
+esac
 missing=()
 for f in "${fonts[@]}"; do dpkg -s "$f" >/dev/null 2>&1 || missing+=("$f"); done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     elif command -v sudo >/dev/null; then
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "setup: cannot install ${missing[*]} (not root, no sudo); synthetic data will use strokes only" >&2
     fi

@@ -90,6 +90,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_data_import)
 
     _add_data_synth(dsub)
+    _add_data_fonts(dsub)
 
 
 def _add_pack_options(p: argparse.ArgumentParser) -> None:
@@ -152,6 +153,19 @@ def _add_data_synth(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser("charsets", help="size of each class set and its coverage by KanjiVG and fonts")
     p.add_argument("names", nargs="*", help="sets to report (default: all)")
     p.set_defaults(func=charsets)
+
+
+def _add_data_fonts(dsub: argparse._SubParsersAction) -> None:
+    """`data fonts`: the registry of print faces, their roles and coverage (data/fonts.py)."""
+
+    def fonts(a: argparse.Namespace) -> None:
+        from kanjirec.data.fonts import font_report
+
+        print(font_report(a.charsets))
+
+    p = dsub.add_parser("fonts", help="print faces: role (default / training / held out), package, coverage")
+    p.add_argument("charsets", nargs="*", default=["kana", "jis1"], help="sets to count (default: kana jis1)")
+    p.set_defaults(func=fonts)
 
 
 # ---------------------------------------------------------------- models
