@@ -76,6 +76,7 @@ class TrainConfig:
     # (`data.stream`) instead of its train split; the dataset still gives the classes, val and test.
     synth_per_epoch: int = 0
     synth_font_fraction: float = 0.2  # of fresh samples drawn from print faces
+    synth_fonts: str = "training"  # training: every installed training face | default: the 8 default faces
     augment: dict[str, float] = field(default_factory=default_augment)
     model_config: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +107,7 @@ class TrainConfig:
             (self.keep_last >= 1, "keep_last must be at least 1"),
             (min(self.save_every, self.patience, self.workers, self.synth_per_epoch) >= 0, "counts: >= 0"),
             (0 <= self.synth_font_fraction <= 1, "synth_font_fraction must lie in [0, 1]"),
+            (self.synth_fonts in ("training", "default"), "synth_fonts must be 'training' or 'default'"),
         ]
         for ok, message in checks:
             if not ok:

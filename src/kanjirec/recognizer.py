@@ -93,11 +93,16 @@ class Recognizer:
         self._input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def load(cls, path: str | Path, top_k: int = 5, threads: int | None = None) -> Recognizer:
-        """``threads``: ONNX Runtime's intra-op threads (1 for single-thread latency); None leaves
-        its default, one per physical core."""
+    def load(cls, path: str | Path | None = None, top_k: int = 5, threads: int | None = None) -> Recognizer:
+        """``path``: an exported .onnx file; None: the model that ships inside the package (its SHA-256
+        checked first). ``threads``: ONNX Runtime's intra-op threads (1 for single-thread latency); None
+        leaves its default, one per physical core."""
         import onnxruntime as ort
 
+        if path is None:
+            from kanjirec.weights import shipped_model_path
+
+            path = shipped_model_path()
         path = Path(path)
         if not path.is_file():
             raise RecognizerError(f"{path}: no such ONNX file")

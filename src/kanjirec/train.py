@@ -166,6 +166,7 @@ def epoch_batches(
             steps=steps_per_epoch,
             batch_size=local_batch,
             font_fraction=config.synth_font_fraction,
+            font_set=config.synth_fonts,
             first=first_step,
             size=ds.images.shape[-1],
         )

@@ -70,7 +70,8 @@ def render_families(
         by_family.setdefault(face.family, []).append(face)
     for f, (family, members) in enumerate(sorted(by_family.items())):
         for m, face in enumerate(members):
-            chars = [c for c in classes if face.may_draw(c)] * per_class
+            covered = face.coverage()  # for a Chinese face, only characters drawn in the Japanese form
+            chars = [c for c in classes if ord(c) in covered] * per_class
             if not chars:
                 continue
             frng = np.random.default_rng([seed, 1, f, m])

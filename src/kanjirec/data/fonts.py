@@ -40,8 +40,8 @@ _FONT_SUFFIXES = (".ttf", ".ttc", ".otf", ".otc")
 # issue so that figures compare.
 HELD_OUT_FONT_FAMILIES: frozenset[str] = frozenset(
     {
-        "Noto Serif CJK",  # mincho, seven weights from ExtraLight to Black
-        "BIZ UD Gothic",  # gothic, Regular and Bold
+        "BIZ UD Mincho",  # mincho
+        "BIZ UD Gothic",  # gothic, Regular and Bold (its mincho's sibling: out with it)
         "Motoya L Maruberi",  # rounded gothic
         "Motoya L Cedar",  # its gothic sibling (same foundry, same skeletons): out with it
         "TW-Kai",  # kai (brush regular script)

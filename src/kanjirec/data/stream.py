@@ -16,14 +16,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kanjirec.data.synth import SynthError, draw_writer_styles, font_images, stroke_images
+from kanjirec.data.synth import SynthError, draw_writer_styles, font_images, font_styles, stroke_images
+
+FONT_SETS = ("training", "default")
 
 
-def training_font_faces() -> list:
-    """The print faces fresh batches draw from: the installed training faces (never a held-out one)."""
-    from kanjirec.data.fonts import default_fonts
+def font_faces(font_set: str) -> list:
+    """The print faces fresh batches draw from: every installed training face (never a held-out one),
+    or only the eight default faces."""
+    from kanjirec.data.fonts import default_fonts, training_faces
 
-    return list(default_fonts())
+    if font_set == "training":
+        return training_faces()
+    if font_set == "default":
+        return list(default_fonts())
+    raise SynthError(f"unknown font set {font_set!r}; choose one of {', '.join(FONT_SETS)}")
 
 
 class SynthBatches(Dataset):
@@ -39,6 +46,7 @@ class SynthBatches(Dataset):
         steps: int,
         batch_size: int,
         font_fraction: float,
+        font_set: str = "training",
         first: int = 0,
         size: int = 64,
     ) -> None:
@@ -47,7 +55,7 @@ class SynthBatches(Dataset):
         self.classes = list(classes)
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.steps, self.first, self.batch_size = steps, first, batch_size
-        self.font_fraction, self.size = font_fraction, size
+        self.font_fraction, self.font_set, self.size = font_fraction, font_set, size
         self._sources = None  # built lazily in each worker process: nothing heavy is pickled
 
     def __len__(self) -> int:
@@ -58,7 +66,8 @@ class SynthBatches(Dataset):
 
     def _build(self):
         if self._sources is None:
-            self._sources = _Sources.build(self.classes, self.font_fraction > 0, self.size)
+            fonts = self.font_set if self.font_fraction > 0 else None
+            self._sources = _Sources.build(self.classes, fonts, self.size)
         return self._sources
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +92,8 @@ class SynthBatches(Dataset):
             faces = np.array([rng.choice(src.faces_of[c]) for c in labels[fonts]])
             for face in np.unique(faces):
                 rows = fonts[faces == face]
-                style = draw_writer_styles(rng, len(rows), region="train")
-                style = {**style, "size": rng.uniform(0.8, 0.95, len(rows)), "mess": np.zeros(len(rows))}
                 cache = src.caches[face]
+                style = font_styles(cache.face, rng, len(rows))
                 images[rows] = font_images(
                     cache, [self.classes[c] for c in labels[rows]], style, rng, self.size
                 )
@@ -97,7 +105,7 @@ class _Sources:
     """What one process needs to render any class: the stroke bank and the font faces."""
 
     @classmethod
-    def build(cls, classes: Sequence[str], with_fonts: bool, size: int) -> _Sources:
+    def build(cls, classes: Sequence[str], font_set: str | None, size: int) -> _Sources:
         from kanjirec.data.fonts import GlyphCache
         from kanjirec.data.kanjivg import load_kanjivg
         from kanjirec.data.synth import StrokeBank
@@ -110,7 +118,7 @@ class _Sources:
         self.bank = StrokeBank.build([kvg[c] for c in stroke_classes])
         self.bank_index = np.full(len(classes), -1, np.int64)
         self.bank_index[self.has_strokes] = np.arange(len(stroke_classes))
-        faces = training_font_faces() if with_fonts else []
+        faces = font_faces(font_set) if font_set else []
         self.caches = [GlyphCache(f, 2 * size, smooth=True) for f in faces]
         cover = np.array([f.covers(classes) for f in faces]).reshape(len(faces), len(classes))
         self.covered = cover.any(axis=0)
