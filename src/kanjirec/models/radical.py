@@ -148,6 +148,11 @@ class RadicalAttentionRNN(_ComponentModel):
         # at scale 1 the mixture stays near-uniform and the class loss did not move in 150 steps.
         self.mixture_scale = mixture_scale
         self.nothing_detector = nn.Linear(channels[-1], 1)
+        # "Nothing" starts at the components' prior too. With torch's default bias (~0) it led every
+        # slot's softmax by 2 x mixture_scale = 10 logits (weight 0.997 on a zero embedding): every image
+        # gave the LSTM the same input, the class gradient into the detector vanished, and the slots
+        # were still all "nothing" after 6 epochs (val top-1 at chance; docs/results/diagnosis.md).
+        nn.init.constant_(self.nothing_detector.bias, -2.0)
         self.nothing_embedding = nn.Parameter(torch.zeros(embed_dim))
         codes = table.encoding(encoding)
         if codes is None:
