@@ -180,8 +180,8 @@ def test_stroke_rnn_extractors_and_blank_images(batch) -> None:
 
 def test_flops_include_lstm_gate_matmuls() -> None:
     model = create_model("basic_rnn", 10, embed_dim=8, hidden_size=16, num_layers=1)
-    embed = 2 * 64 * 4 * 8
-    lstm = 2 * 64 * 2 * 4 * 16 * (8 + 16)  # directions x steps x 2 FLOPs x gates x hidden x (in + hidden)
+    embed = 2 * 8 * 32 * 8  # 8 row steps of 8 cells x 4 statistics -> 8
+    lstm = 2 * 8 * 2 * 4 * 16 * (8 + 16)  # directions x steps x 2 FLOPs x gates x hidden x (in + hidden)
     head = 2 * 32 * 10
     assert count_flops(model) == embed + lstm + head
 
