@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 
 from kanjirec.checkpoint import CheckpointManager
+from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.models import RecognitionModel, create_model
 
 CHARS = "あいうえお"
@@ -111,3 +113,13 @@ def table_with_ranks(ds, model_classes, ranks: dict[int, int]) -> np.ndarray:
 def tiny_cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return create_model("cnn", len(CHARS), channels=(4, 8), convs_per_block=1, head_hidden=16).eval()
+
+
+def render(char: str, shift: tuple[float, float] = (0, 0), scale: float = 0.85, width: int = 3) -> np.ndarray:
+    """KanjiVG strokes drawn as 255 on 0 at 64x64 (the dataset convention)."""
+    image = Image.new("L", (64, 64), 0)
+    draw = ImageDraw.Draw(image)
+    for stroke in load_kanjivg()[char].strokes:
+        points = (stroke.points - 54.5) * scale * 64 / 109 + 32 + np.asarray(shift)
+        draw.line([tuple(p) for p in points], fill=255, width=width, joint="curve")
+    return np.asarray(image)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from torch import nn
 
+from helpers import render
 from kanjirec.cli import main
-from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.data.sequences import contour_strokes, grid_cells, skeleton_strokes
 from kanjirec.errors import ModelConfigError
 from kanjirec.models import create_model, list_models
@@ -38,16 +37,6 @@ SMALL = {
     "radical_rnn": dict(embed_dim=16, hidden_size=16, channels=(8, 16, 32), detector_hidden=32, dropout=0.0),
 }
 CLASSES = list("明林語川")
-
-
-def render(char: str, shift: tuple[float, float] = (0, 0), scale: float = 0.85, width: int = 3) -> np.ndarray:
-    """KanjiVG strokes drawn as 255 on 0 at 64x64 (the dataset convention)."""
-    image = Image.new("L", (64, 64), 0)
-    draw = ImageDraw.Draw(image)
-    for stroke in load_kanjivg()[char].strokes:
-        points = (stroke.points - 54.5) * scale * 64 / 109 + 32 + np.asarray(shift)
-        draw.line([tuple(p) for p in points], fill=255, width=width, joint="curve")
-    return np.asarray(image)
 
 
 @pytest.fixture(scope="module")
@@ -118,64 +107,15 @@ def test_model_overfits_a_tiny_batch(name: str, batch) -> None:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+    # Batch-norm running statistics lag weights that still move ~1e-2 a step (Adam); settle them on
+    # the final weights, so eval mode tests what was learned rather than that lag.
+    with torch.no_grad():
+        for _ in range(30):
+            model(images)
     model.eval()
     with torch.no_grad():
         predicted = model(images).argmax(dim=1)
     assert predicted.tolist() == labels.tolist()
-
-
-def test_radical_losses_report_the_component_term(batch) -> None:
-    images, labels = batch
-    for name in ("radical_attn_rnn", "radical_rnn"):
-        model = build(name)
-        loss, _, extras = model.training_loss(images, labels)
-        assert set(extras) == {"class_loss", "component_loss"}
-        expected = extras["class_loss"] + model.component_weight * extras["component_loss"]
-        assert loss.item() == pytest.approx(expected, rel=1e-5)
-
-
-@pytest.mark.parametrize("encoding", ["one_hot", "binary_tree", "learned"])
-def test_radical_attention_encodings(encoding: str, batch) -> None:
-    images, _ = batch
-    model = build("radical_attn_rnn", encoding=encoding)
-    assert model(images).shape == (8, len(CLASSES))
-    v = len(model.vocabulary)
-    if encoding == "one_hot":
-        assert model.codes.shape == (v, v)
-    elif encoding == "binary_tree":
-        assert model.codes.shape == (v, int(np.ceil(np.log2(v))))
-
-
-def test_radical_detector_learns_the_decompositions(batch) -> None:
-    images, labels = batch
-    model = build("radical_attn_rnn").train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        optimizer.zero_grad()
-        model.training_loss(images, labels)[0].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        present = model.predict_components(images) > 0.5
-    assert torch.equal(present, model.component_targets[labels].bool())
-
-
-def test_zero_shot_scoring_ranks_a_held_out_character_by_its_components(batch) -> None:
-    images, _ = batch
-    # 明 is not a class; its components 日 and 月 are in the vocabulary through 日, 月 and 明's peers.
-    classes = list("日月木口")
-    model = build("radical_attn_rnn", classes=classes).eval()
-    vocab = model.vocabulary
-    with torch.no_grad():
-        # Make the detector see 日 and 月 everywhere and nothing else.
-        model.detector.weight.zero_()
-        model.detector.bias.fill_(-6.0)
-        model.detector.bias[[vocab.index("日"), vocab.index("月")]] = 6.0
-        scores = model.score_by_decomposition(images[:2], ["林", "日", "明", "月", "口"])
-    assert scores.argmax(dim=1).tolist() == [2, 2]
-    # 林 (木, 木) contradicts both detections and ranks last.
-    assert scores.argmin(dim=1).tolist() == [0, 0]
 
 
 def test_masked_bilstm_equals_packed_sequences() -> None:
@@ -249,8 +189,8 @@ def test_stroke_rnn_extractors_and_blank_images(batch) -> None:
 
 def test_flops_include_lstm_gate_matmuls() -> None:
     model = create_model("basic_rnn", 10, embed_dim=8, hidden_size=16, num_layers=1)
-    embed = 2 * 64 * 4 * 8
-    lstm = 2 * 64 * 2 * 4 * 16 * (8 + 16)  # directions x steps x 2 FLOPs x gates x hidden x (in + hidden)
+    embed = 2 * 8 * 32 * 8  # 8 row steps of 8 cells x 4 statistics -> 8
+    lstm = 2 * 8 * 2 * 4 * 16 * (8 + 16)  # directions x steps x 2 FLOPs x gates x hidden x (in + hidden)
     head = 2 * 32 * 10
     assert count_flops(model) == embed + lstm + head
 

@@ -13,19 +13,20 @@ How a character is decomposed (``decompose``):
 * A character with no element below its root (kana, 一, 日, ...) is its own single
   component. So 日 as a class and 日 inside 明 share one component.
 
-The vocabulary (``ComponentTable``) is built from a class list: first every class that is its
-own single component ("atoms": kana and simple kanji, always kept so no such class has an
-empty decomposition), then the other components ranked by how many classes contain them
-(ties by code point), up to ``vocab_size`` in all. Components outside the vocabulary are
-dropped; a class left with none is listed in ``uncovered`` (1 of the 3,036 ETL9G classes, 羽, at
-the default size of 500).
+The vocabulary (``ComponentTable``) is built from a class list: **every** component that occurs
+in the decompositions of the classes, at any depth, ranked by how many classes contain it (ties by
+code point). Nothing is dropped, so every class keeps its whole decomposition as its target, and
+since a character without components is its own component, no class is left without one. For the
+3,036 ETL9G classes that is 1,084 components; a frequency floor would not shrink it much, because
+990 of them are top-level components of some class (and 383 occur in one class only).
 
 Encodings of a component (rows of a ``(V, D)`` matrix that multiplies a probability vector):
 
 * ``one_hot``: the identity, D = V.
 * ``binary_tree``: the component's index in the frequency-ranked vocabulary written in
-  binary, bits as -1/+1, D = ceil(log2 V): its path from the root of a complete binary tree
-  whose leaves are the components in frequency order. Frequent components share prefixes.
+  binary, most significant bit first, bits as -1/+1, D = ceil(log2 V) (11 for ETL9G's 1,084): its
+  path from the root of a complete binary tree whose leaves are the components in frequency
+  order. Frequent components share prefixes.
 * ``learned``: no fixed matrix; the model learns a ``(V, D)`` embedding.
 """
 
@@ -84,12 +85,28 @@ def unpack_strings(codes: np.ndarray) -> list[str]:
     return ["".join(chr(c) for c in row if c) for row in codes.tolist()]
 
 
+def multi_hot(chars: Sequence[str], vocabulary: Sequence[str], kanjivg: dict | None = None) -> np.ndarray:
+    """(len(chars), V) multi-hot decompositions of any characters over ``vocabulary`` (zero-shot).
+
+    Components outside the vocabulary are left out; a character with none inside it is an error,
+    since it could not be scored at all.
+    """
+    index = {x: i for i, x in enumerate(vocabulary)}
+    out = np.zeros((len(chars), len(vocabulary)), np.float32)
+    for row, c in enumerate(chars):
+        ids = [index[x] for x in decompose(c, kanjivg) if x in index]
+        if not ids:
+            raise DecompositionError(f"character {c!r} (U+{ord(c):04X}) has no component in the vocabulary")
+        out[row, ids] = 1.0
+    return out
+
+
 @dataclass(frozen=True)
 class ComponentTable:
-    """The component vocabulary of a class list and each class's decomposition in it.
+    """The component vocabulary of a class list and each class's whole decomposition in it.
 
-    targets: (C, V) float32 multi-hot; sequences: (C, max_len) int64 vocabulary indices in tree
-    order, padded with -1; lengths: (C,) int64.
+    targets: (C, V) float32 multi-hot; sequences: (C, L) int64 vocabulary indices in tree order,
+    padded with -1, L the longest decomposition of the classes; lengths: (C,) int64, all >= 1.
     """
 
     classes: tuple[str, ...]
@@ -97,72 +114,31 @@ class ComponentTable:
     targets: np.ndarray
     sequences: np.ndarray
     lengths: np.ndarray
-    uncovered: tuple[str, ...]
 
     @classmethod
-    def build(
-        cls, classes: Sequence[str], vocab_size: int = 500, max_len: int = 12, kanjivg: dict | None = None
-    ) -> ComponentTable:
+    def build(cls, classes: Sequence[str], kanjivg: dict | None = None) -> ComponentTable:
+        if not classes:
+            raise ValueError("a component table needs at least one class")
         if kanjivg is None:
             from kanjirec.data.kanjivg import load_kanjivg
 
             kanjivg = load_kanjivg()
-        if vocab_size < 1 or max_len < 1:
-            raise ValueError(f"vocab_size and max_len must be positive, got {vocab_size}, {max_len}")
         decomposed = [decompose(c, kanjivg) for c in classes]
-        atoms = sorted({d[0] for c, d in zip(classes, decomposed, strict=True) if d == [c]})
-        if len(atoms) > vocab_size:
-            raise ValueError(
-                f"vocab_size {vocab_size} is smaller than the {len(atoms)} classes that are their own "
-                "single component (kana, simple kanji); raise vocab_size"
-            )
-        atom_set = set(atoms)
-        counts = Counter(x for d in decomposed for x in set(d) if x not in atom_set)
-        ranked = sorted(counts, key=lambda x: (-counts[x], x))
-        # Atoms are also ranked by frequency so that the binary code stays frequency-ordered.
-        all_counts = Counter(x for d in decomposed for x in set(d))
-        vocabulary = sorted([*atoms, *ranked[: vocab_size - len(atoms)]], key=lambda x: (-all_counts[x], x))
-        return cls.from_vocabulary(classes, vocabulary, max_len, kanjivg, decomposed)
-
-    @classmethod
-    def from_vocabulary(
-        cls,
-        classes: Sequence[str],
-        vocabulary: Sequence[str],
-        max_len: int,
-        kanjivg: dict | None = None,
-        decomposed: list[list[str]] | None = None,
-    ) -> ComponentTable:
-        if decomposed is None:
-            decomposed = [decompose(c, kanjivg) for c in classes]
+        counts = Counter(x for d in decomposed for x in set(d))
+        vocabulary = sorted(counts, key=lambda x: (-counts[x], x))
         index = {x: i for i, x in enumerate(vocabulary)}
+        lengths = np.array([len(d) for d in decomposed], np.int64)
         targets = np.zeros((len(classes), len(vocabulary)), np.float32)
-        sequences = np.full((len(classes), max_len), -1, np.int64)
-        lengths = np.zeros(len(classes), np.int64)
-        uncovered = []
+        sequences = np.full((len(classes), int(lengths.max())), -1, np.int64)
         for row, d in enumerate(decomposed):
-            ids = [index[x] for x in d if x in index][:max_len]
+            ids = [index[x] for x in d]
             targets[row, ids] = 1.0
             sequences[row, : len(ids)] = ids
-            lengths[row] = len(ids)
-            if not ids:
-                uncovered.append(classes[row])
-        return cls(tuple(classes), tuple(vocabulary), targets, sequences, lengths, tuple(uncovered))
+        return cls(tuple(classes), tuple(vocabulary), targets, sequences, lengths)
 
     def multi_hot(self, chars: Sequence[str], kanjivg: dict | None = None) -> np.ndarray:
         """(len(chars), V) multi-hot decompositions of any characters, classes or not (zero-shot)."""
-        index = {x: i for i, x in enumerate(self.vocabulary)}
-        class_row = {c: i for i, c in enumerate(self.classes)}
-        out = np.zeros((len(chars), len(self.vocabulary)), np.float32)
-        for row, c in enumerate(chars):
-            if c in class_row:
-                out[row] = self.targets[class_row[c]]
-                continue
-            ids = [index[x] for x in decompose(c, kanjivg) if x in index]
-            if not ids:
-                raise DecompositionError(f"character {c!r} has no component in the vocabulary")
-            out[row, ids] = 1.0
-        return out
+        return multi_hot(chars, self.vocabulary, kanjivg)
 
     def encoding(self, kind: str) -> np.ndarray | None:
         """The fixed ``(V, D)`` code matrix of an encoding; None for ``learned``."""
@@ -179,7 +155,6 @@ class ComponentTable:
 
     def describe(self) -> str:
         return (
-            f"{len(self.classes)} classes, {len(self.vocabulary)} components, "
-            f"median {int(np.median(self.lengths))} components per class, "
-            f"{len(self.uncovered)} classes without an in-vocabulary component"
+            f"{len(self.classes)} classes, {len(self.vocabulary)} components, median "
+            f"{int(np.median(self.lengths))} and at most {int(self.lengths.max())} components per class"
         )

@@ -14,16 +14,20 @@ any character whose KanjiVG decomposition is known, classes or not (zero-shot).
 
 Note on encodings: because the embedding is a soft mixture followed by a learned linear map,
 ``one_hot`` + projection and ``learned`` are the same function class (only initialisation and
-a bias differ); ``binary_tree`` is a real bottleneck (9 dimensions for 500 components).
+a bias differ); ``binary_tree`` is a real bottleneck (11 dimensions for ETL9G's 1,084 components).
 
 ``radical_rnn`` (seed section 3c): the detector reads the pooled image and predicts an ordered
 component sequence of up to ``max_components`` slots, each a softmax over the vocabulary plus
 an "end" symbol, supervised by the class's components in KanjiVG tree order. Slot embeddings
-are ``probabilities @ embedding`` (vocabulary 500, dimension 128); the soft mask ``1 - p(end)``
-drives a masked mean over the BiLSTM outputs, so padding is learned and differentiable.
+are ``probabilities @ embedding`` (dimension 128); the soft mask ``1 - p(end)`` drives a masked
+mean over the BiLSTM outputs, so padding is learned and differentiable. There are as many slots
+as the longest decomposition of the classes (15 for ETL9G) unless ``max_components`` says more.
 
-Both need ``classes=`` (the class characters) at construction; they keep the decomposition
-tables as buffers, so a checkpoint carries them. Neither feeds an argmax or top-k index into
+Both need ``classes=`` (the class characters) at construction. The vocabulary is every component
+of the classes' decompositions (1,084 for ETL9G, see ``decompose.py``), so every class is
+supervised by its whole decomposition. They keep the decompositions as a buffer of component
+indices (a (C, V) multi-hot would be 13 MB for ETL9G, more than the weights) and the vocabulary
+as code points, so a checkpoint carries them. Neither feeds an argmax or top-k index into
 an embedding: the path from pixels to class is differentiable end to end.
 """
 
@@ -35,14 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanjirec.decompose import (
-    ENCODINGS,
-    ComponentTable,
-    DecompositionError,
-    decompose,
-    pack_strings,
-    unpack_strings,
-)
+from kanjirec.decompose import ENCODINGS, ComponentTable, multi_hot, pack_strings, unpack_strings
 from kanjirec.models import register_model
 from kanjirec.models.base import RecognitionModel, bilstm, conv_bn_relu
 
@@ -60,18 +57,27 @@ def _encoder(channels: Sequence[int]) -> nn.Sequential:
 class _ComponentModel(RecognitionModel):
     """Holds the component table as buffers and implements zero-shot scoring."""
 
-    def _init_table(self, classes: Sequence[str] | None, vocab_size: int, max_len: int) -> ComponentTable:
+    def _init_table(self, classes: Sequence[str] | None, width: int | None = None) -> ComponentTable:
+        """Register the decompositions, padded with -1 to ``width`` indices (default: the longest)."""
         if classes is None:
             raise ValueError(
                 f"model {self.name!r} needs classes= (the class characters) to look up their "
                 "KanjiVG decompositions"
             )
-        table = ComponentTable.build(classes, vocab_size=vocab_size, max_len=max_len)
-        self.register_buffer("component_targets", torch.from_numpy(table.targets))
-        self.register_buffer("component_sequences", torch.from_numpy(table.sequences))
+        table = ComponentTable.build(classes)
+        longest = table.sequences.shape[1]
+        width = longest if width is None else width
+        if width < longest:
+            char = table.classes[int(table.lengths.argmax())]
+            raise ValueError(
+                f"max_components={width} is shorter than the {longest} components of {char!r}; "
+                "raise it or leave it unset (the longest decomposition of the classes)"
+            )
+        sequences = torch.full((len(table.classes), width), -1, dtype=torch.int64)
+        sequences[:, :longest] = torch.from_numpy(table.sequences)
+        self.register_buffer("component_sequences", sequences)
         # The vocabulary as code points, so a checkpoint names its components without KanjiVG.
-        vocab = torch.from_numpy(pack_strings(table.vocabulary))
-        self.register_buffer("vocabulary_codepoints", vocab)
+        self.register_buffer("vocabulary_codepoints", torch.from_numpy(pack_strings(table.vocabulary)))
         self.classes = tuple(classes)
         return table
 
@@ -79,24 +85,22 @@ class _ComponentModel(RecognitionModel):
     def vocabulary(self) -> list[str]:
         return unpack_strings(self.vocabulary_codepoints.cpu().numpy())
 
+    def component_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, V) multi-hot decompositions of the classes ``labels``."""
+        sequences = self.component_sequences[labels]
+        v = self.vocabulary_codepoints.shape[0]
+        out = torch.zeros(len(sequences), v + 1, device=sequences.device)
+        out.scatter_(1, torch.where(sequences < 0, v, sequences), 1.0)  # padding lands in column v
+        return out[:, :v]
+
     def predict_components(self, images: torch.Tensor) -> torch.Tensor:
         """(B, V) probability that each vocabulary component is present in each image."""
         raise NotImplementedError
 
     def decomposition_targets(self, chars: Sequence[str]) -> torch.Tensor:
-        """(K, V) multi-hot decompositions of any characters, via KanjiVG for non-classes."""
-        index = {c: i for i, c in enumerate(self.vocabulary)}
-        class_row = {c: i for i, c in enumerate(self.classes)}
-        out = torch.zeros(len(chars), len(index), device=self.component_targets.device)
-        for row, char in enumerate(chars):
-            if char in class_row:
-                out[row] = self.component_targets[class_row[char]]
-                continue
-            ids = [index[x] for x in decompose(char) if x in index]
-            if not ids:
-                raise DecompositionError(f"character {char!r} has no component in this model's vocabulary")
-            out[row, ids] = 1.0
-        return out
+        """(K, V) multi-hot KanjiVG decompositions of any characters, classes or not, over this
+        model's vocabulary (a class's row equals its training target)."""
+        return torch.from_numpy(multi_hot(chars, self.vocabulary)).to(self.component_sequences.device)
 
     def score_by_decomposition(self, images: torch.Tensor, candidate_chars: Sequence[str]) -> torch.Tensor:
         """(B, K) mean Bernoulli log-likelihood of each candidate's decomposition under the
@@ -117,7 +121,6 @@ class RadicalAttentionRNN(_ComponentModel):
         num_classes: int,
         classes: Sequence[str] | None = None,
         *,
-        vocab_size: int = 500,
         encoding: str = "learned",
         embed_dim: int = 128,
         hidden_size: int = 128,
@@ -130,7 +133,7 @@ class RadicalAttentionRNN(_ComponentModel):
         super().__init__(num_classes)
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown component encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
-        table = self._init_table(classes, vocab_size, max_len=1)
+        table = self._init_table(classes)
         v = len(table.vocabulary)
         self.component_weight = component_weight
         self.encoder = _encoder(channels)
@@ -138,13 +141,18 @@ class RadicalAttentionRNN(_ComponentModel):
         # Start from a small prior (components are rare per slot), as in focal-loss detectors.
         nn.init.constant_(self.detector.bias, -2.0)
         # The embedding mixes components with a softmax over the vocabulary plus a "nothing" entry.
-        # Sigmoid weights would not work: the multi-label BCE (~5 positives of 500) pushes every logit
+        # Sigmoid weights would not work: the multi-label BCE (~5 positives of 1,084) pushes every logit
         # down, the sigmoids saturate near 0, the mixture becomes constant and the class gradient
         # vanishes (training stayed at chance). A softmax ignores that common shift; scaling its logits
         # (a temperature of 1 / mixture_scale) keeps slots distinct while the detector is still unsure,
         # at scale 1 the mixture stays near-uniform and the class loss did not move in 150 steps.
         self.mixture_scale = mixture_scale
         self.nothing_detector = nn.Linear(channels[-1], 1)
+        # "Nothing" starts at the components' prior too. With torch's default bias (~0) it led every
+        # slot's softmax by 2 x mixture_scale = 10 logits (weight 0.997 on a zero embedding): every image
+        # gave the LSTM the same input, the class gradient into the detector vanished, and the slots
+        # were still all "nothing" after 6 epochs (val top-1 at chance; docs/results/diagnosis.md).
+        nn.init.constant_(self.nothing_detector.bias, -2.0)
         self.nothing_embedding = nn.Parameter(torch.zeros(embed_dim))
         codes = table.encoding(encoding)
         if codes is None:
@@ -170,12 +178,15 @@ class RadicalAttentionRNN(_ComponentModel):
     def _component_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self._slot_logits(images)[0]
 
-    def _classify(self, component_logits: torch.Tensor, nothing_logits: torch.Tensor) -> torch.Tensor:
+    def slot_embeddings(self, component_logits: torch.Tensor, nothing_logits: torch.Tensor) -> torch.Tensor:
+        """(B, S, embed_dim): each slot's softmax mixture of component codes (projected) and "nothing"."""
         slot_logits = torch.cat([component_logits, nothing_logits], dim=2) * self.mixture_scale
         weights = torch.softmax(slot_logits, dim=2)
         codes = self.embedding if isinstance(self.projection, nn.Identity) else self.codes
-        mixture = self.projection(weights[:, :, :-1] @ codes) + weights[:, :, -1:] * self.nothing_embedding
-        x, _ = self.lstm(self.embedding_norm(mixture))
+        return self.projection(weights[:, :, :-1] @ codes) + weights[:, :, -1:] * self.nothing_embedding
+
+    def _classify(self, component_logits: torch.Tensor, nothing_logits: torch.Tensor) -> torch.Tensor:
+        x, _ = self.lstm(self.embedding_norm(self.slot_embeddings(component_logits, nothing_logits)))
         weights = torch.softmax(self.attention_score(x), dim=1)  # (B, S, 1)
         return self.head((weights * x).sum(dim=1))
 
@@ -194,7 +205,7 @@ class RadicalAttentionRNN(_ComponentModel):
         logits = self._classify(component_logits, nothing_logits)
         class_loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         component_loss = F.binary_cross_entropy_with_logits(
-            component_logits.amax(dim=1), self.component_targets[labels]
+            component_logits.amax(dim=1), self.component_targets(labels)
         )
         loss = class_loss + self.component_weight * component_loss
         return loss, logits, {"class_loss": class_loss.item(), "component_loss": component_loss.item()}
@@ -210,8 +221,7 @@ class RadicalSequenceRNN(_ComponentModel):
         num_classes: int,
         classes: Sequence[str] | None = None,
         *,
-        vocab_size: int = 500,
-        max_components: int = 12,
+        max_components: int | None = None,
         embed_dim: int = 128,
         hidden_size: int = 128,
         num_layers: int = 1,
@@ -221,14 +231,14 @@ class RadicalSequenceRNN(_ComponentModel):
         dropout: float = 0.3,
     ) -> None:
         super().__init__(num_classes)
-        table = self._init_table(classes, vocab_size, max_len=max_components)
-        v = len(table.vocabulary)
+        table = self._init_table(classes, max_components)
+        v, slots = len(table.vocabulary), self.component_sequences.shape[1]
         self.component_weight = component_weight
         self.encoder = nn.Sequential(_encoder(channels), nn.AdaptiveAvgPool2d(4), nn.Flatten())
         self.image_to_slots = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(channels[-1] * 16, detector_hidden), nn.ReLU(inplace=True)
         )
-        self.slot_queries = nn.Parameter(torch.randn(max_components, detector_hidden) * 0.02)
+        self.slot_queries = nn.Parameter(torch.randn(slots, detector_hidden) * 0.02)
         self.slot_classifier = nn.Linear(detector_hidden, v + 1)  # index v: no further component
         self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
         self.embedding_norm = nn.LayerNorm(embed_dim)
