@@ -129,3 +129,29 @@ def test_fresh_batches_do_not_depend_on_worker_count():
     ]
     for (x0, y0), (x1, y1) in zip(*loaded, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_leave_styles_out_families_are_rendered_per_family(tmp_path):
+    from kanjirec.benchmarks.styles import REGION_FAMILY, render_families, report_markdown
+    from kanjirec.data.fonts import default_fonts
+    from kanjirec.data.store import PackedDataset
+
+    face = default_fonts()[0]
+    out = render_families(list("日本あ"), tmp_path / "held", per_class=2, faces=[face])
+    ds = PackedDataset.open(out)
+    assert sorted(ds.writers) == sorted([REGION_FAMILY, face.name])
+    assert len(ds.labels) == 2 * 3 * 2  # 2 families x 3 classes x 2 per class
+    again = PackedDataset.open(render_families(list("日本あ"), tmp_path / "again", per_class=2, faces=[face]))
+    assert np.array_equal(np.asarray(ds.images), np.asarray(again.images))  # fixed seed: figures compare
+    text = report_markdown(
+        {
+            "model": "m",
+            "classes": "kana",
+            "per_class": 1,
+            "seed": 1,
+            "families": [{"writer": REGION_FAMILY, "samples": 10, "top1": 0.5}],
+            "overall_top1": 0.5,
+            "worst_family_top1": 0.5,
+        }
+    )
+    assert f"| {REGION_FAMILY} | 10 | 50.00% |" in text

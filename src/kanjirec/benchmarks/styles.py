@@ -7,8 +7,8 @@ renders families of samples that training never sees and reports top-1 per famil
 - ``brush-cursive``: the renderer's held-out region, brush hands that are also strongly
   semi-cursive (`synth.draw_writer_styles(region="held_out")`); training only ever draws from the
   rest of the style space;
-- one family per held-out print face family (`fonts.held_out_faces`), bold weights included: whole
-  families no training run may use.
+- one family per face of the held-out print-face families (`fonts.held_out_faces`), bold weights
+  reported apart: whole design families no training run may use.
 
 The families are fixed (the same families, seed and classes in every run), so figures compare
 across changes; they are never used to choose anything but what they measure. Samples are
@@ -65,25 +65,20 @@ def render_families(
         writer.add(
             images, "".join(stroke_chars[i] for i in part), [REGION_FAMILY] * len(part), "held-out-region"
         )
-    by_family: dict[str, list] = {}
-    for face in faces:
-        by_family.setdefault(face.family, []).append(face)
-    for f, (family, members) in enumerate(sorted(by_family.items())):
-        for m, face in enumerate(members):
-            covered = face.coverage()  # for a Chinese face, only characters drawn in the Japanese form
-            chars = [c for c in classes if ord(c) in covered] * per_class
-            if not chars:
-                continue
-            frng = np.random.default_rng([seed, 1, f, m])
-            # A face is set in type, not written: the scan finish of a random writer, no stroke mess.
-            style = draw_writer_styles(frng, len(chars), region="train")
-            style = {**style, "size": frng.uniform(0.8, 0.95, len(chars)), "mess": np.zeros(len(chars))}
-            cache = GlyphCache(face, 128, smooth=True)
-            for b0 in range(0, len(chars), 2048):
-                part = {k: v[b0 : b0 + 2048] for k, v in style.items()}
-                images = font_images(cache, chars[b0 : b0 + 2048], part, frng)
-                writer.add(images, "".join(chars[b0 : b0 + 2048]), [family] * len(images), f"font:{family}")
-                cache.clear()
+    # One family per face, so that a bold weight is reported apart from its regular.
+    for f, face in enumerate(faces):
+        covered = face.coverage()  # for a Chinese face, only characters drawn in the Japanese form
+        chars = [c for c in classes if ord(c) in covered] * per_class
+        frng = np.random.default_rng([seed, 1, f])
+        # A face is set in type, not written: the scan finish of a random writer, no stroke mess.
+        style = draw_writer_styles(frng, len(chars), region="train")
+        style = {**style, "size": frng.uniform(0.8, 0.95, len(chars)), "mess": np.zeros(len(chars))}
+        cache = GlyphCache(face, 128, smooth=True)
+        for b0 in range(0, len(chars), 2048):
+            part = {k: v[b0 : b0 + 2048] for k, v in style.items()}
+            images = font_images(cache, chars[b0 : b0 + 2048], part, frng)
+            writer.add(images, "".join(chars[b0 : b0 + 2048]), [face.name] * len(images), face.source)
+            cache.clear()
     return writer.finish(
         split="random",
         seed=seed,
