@@ -198,14 +198,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """`evaluate`, `compare`, `ensemble` (evaluate.py, ensemble.py)."""
+    """`evaluate`, `compare`, `ensemble` (evaluation/, ensemble.py)."""
 
     def given(**options: object) -> dict:
         # Options left unset keep the library's defaults (not repeated here, and --help stays torch-free).
         return {k: v for k, v in options.items() if v is not None}
 
     def run_evaluate(a: argparse.Namespace) -> None:
-        from kanjirec.evaluate import evaluate, report_markdown
+        from kanjirec.evaluation.report import evaluate, report_markdown
 
         report = evaluate(
             a.model,
@@ -219,7 +219,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             print(f"wrote report.json, report.md, confusions.png, reliability.png to {a.out}")
 
     def run_compare(a: argparse.Namespace) -> None:
-        from kanjirec.evaluate import compare, compare_markdown
+        from kanjirec.evaluation.compare import compare, compare_markdown
 
         result = compare(
             a.runs,
@@ -420,19 +420,13 @@ def _add_bench_compare(bsub: argparse._SubParsersAction) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from kanjirec.ensemble import is_ensemble_file, load_ensemble
     from kanjirec.export import export_onnx
+    from kanjirec.loading import load_any
 
-    if is_ensemble_file(a.run):
-        model, info = load_ensemble(a.run)
-        name, classes = info["name"], info["classes"]
-    else:
-        from kanjirec.checkpoint import load_model
-
-        model, ckpt = load_model(a.run)
-        name, classes = ckpt.model_name, ckpt.classes
-    out = export_onnx(model, a.out, classes=classes)
-    print(f"wrote {out} ({name}, {len(classes):,} classes; ONNX Runtime matches PyTorch)")
+    loaded = load_any(a.run)
+    out = export_onnx(loaded.model, a.out, classes=loaded.classes)
+    name = loaded.name if loaded.kind == "ensemble" else loaded.kind
+    print(f"wrote {out} ({name}, {len(loaded.classes):,} classes; ONNX Runtime matches PyTorch)")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

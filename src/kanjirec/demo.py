@@ -41,7 +41,7 @@ def run_demo(
     from kanjirec.data.store import PackedDataset
     from kanjirec.data.synth import synthesize
     from kanjirec.ensemble import build_ensemble, ensemble_markdown
-    from kanjirec.evaluate import compare, compare_markdown
+    from kanjirec.evaluation.compare import compare, compare_markdown
     from kanjirec.export import export_onnx
     from kanjirec.models import list_models
     from kanjirec.recognizer import Recognizer
