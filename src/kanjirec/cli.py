@@ -440,6 +440,80 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
+# ---------------------------------------------------------------- using a model
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """`predict`: top candidates for image files (predict.py)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.predict import run_predict
+
+        run_predict(a.images, a.model, a.top_k, a.json)
+
+    p = sub.add_parser(
+        "predict",
+        help="top candidates for images (files, folders or globs; any size, polarity and format)",
+        description="Print the top candidates with probabilities for each image. An input that cannot "
+        "be read is named on stderr, the others are still answered, and the exit status is then 2.",
+    )
+    p.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns ('*.png')")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a run folder, a checkpoint, an .onnx file or an ensemble .json (default: the shipped model)",
+    )
+    p.add_argument("--top-k", type=int, default=10, help="candidates per image (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON list: {file, candidates: [{char, prob}]}")
+    p.set_defaults(func=run)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """`serve`: the HTTP recognition service (serve/)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.serve.app import ServeConfig, run_server
+
+        run_server(
+            a.model,
+            host=a.host,
+            port=a.port,
+            config=ServeConfig(
+                max_batch=a.max_batch,
+                max_wait_ms=a.max_wait_ms,
+                max_upload_bytes=a.max_upload_mb * 2**20,
+                max_pixels=a.max_megapixels * 1_000_000,
+            ),
+        )
+
+    p = sub.add_parser(
+        "serve",
+        help="HTTP service: POST /recognize (image upload or pen strokes), GET /health",
+        description="Serve a model over HTTP with FastAPI and uvicorn; concurrent requests are batched. "
+        "See docs/SERVE.md.",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a run folder, a checkpoint, an .onnx file or an ensemble .json (default: the shipped model)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="requests answered by one model call (1: no batching)"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default 5)"
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)"
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="largest accepted image (default 40 megapixels)"
+    )
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- the main job
 
 
@@ -471,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_predict(sub)
+    _add_serve(sub)
     _add_bench(sub)
     _add_demo(sub)
     return parser
