@@ -481,7 +481,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
             config=ServeConfig(
                 max_batch=a.max_batch,
                 max_wait_ms=a.max_wait_ms,
-                max_upload_bytes=a.max_upload_mb * 2**20,
+                max_upload_bytes=int(a.max_upload_mb * 2**20),
                 max_pixels=a.max_megapixels * 1_000_000,
             ),
         )
@@ -503,7 +503,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-batch", type=int, default=32, help="requests answered by one model call (1: no batching)"
     )
     p.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default 5)"
+        "--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default 2)"
     )
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)"
