@@ -312,6 +312,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_synth(bsub)
     _add_bench_train(bsub)
     _add_bench_compare(bsub)
+    _add_bench_serve(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -413,6 +414,39 @@ def _add_bench_compare(bsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workdir", type=Path, help="where the temporary data and runs go (default: the system's)"
     )
+    p.set_defaults(func=run)
+
+
+def _add_bench_serve(bsub: argparse._SubParsersAction) -> None:
+    """`bench serve`: a bounded load test of `kanjirec serve` on loopback."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.serve import bench_serve
+
+        bench_serve(
+            model=a.model,
+            requests=a.requests,
+            seconds=a.seconds,
+            junk_every=a.junk_every,
+            max_wait_ms=a.max_wait_ms,
+            workdir=a.workdir,
+        )
+
+    p = bsub.add_parser(
+        "serve",
+        help="load test of `kanjirec serve` on loopback: req/s and p50/p95/p99 at 1, 8, 32 clients, "
+        "with and without batching, junk mixed in",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="the model to serve (default: the shipped model, else an untrained default-size CNN)",
+    )
+    p.add_argument("--requests", type=int, default=400, help="requests per row at most (default 400)")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds per row at most (default 20)")
+    p.add_argument("--junk-every", type=int, default=10, help="every Nth request is junk (0: none)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batching wait (default 2)")
+    p.add_argument("--workdir", type=Path, help="where the temporary files go (default: the system's)")
     p.set_defaults(func=run)
 
 
