@@ -121,3 +121,18 @@ def test_without_a_model_the_shipped_one_is_used_or_clearly_missing(
     assert load_any(None).path == reader_onnx
     status, out, err = _run(capsys, image, "--top-k", "1")
     assert status == 0 and out == f"{image}\t{chars[0]} " + out.split(" ")[-1]
+
+
+def test_the_seeds_deploy_script_prints_what_predict_prints(reader_run, samples, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "deploy_rnn_model.py"
+    spec = importlib.util.spec_from_file_location("deploy_rnn_model", script)
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    image = _save(tmp_path / "a.png", samples[0][0], "rgb_paper")
+    assert deploy.main(["--model-path", str(reader_run), str(image), "--top-k", "2"]) == 0
+    via_script = capsys.readouterr().out
+    assert _run(capsys, image, "--model", reader_run, "--top-k", "2")[1] == via_script
+    assert via_script.startswith(f"{image}\t{samples[1][0]} ") and len(via_script.split("\t")[1].split()) == 4
