@@ -7,7 +7,8 @@ comes first. Valid requests alternate between image uploads (PNG) and pen stroke
 ``junk_every``-th request is junk (malformed JSON, empty strokes, a non-image upload, a wrong
 content type, an unknown field), which must be answered 4xx. The figures: requests/s and the
 latency percentiles of the valid requests; the counts that must be 0: crashes (the service process
-gone, or a connection failing), 5xx answers, and answers with the wrong status.
+gone, or a connection failing), 5xx answers, and answers with the wrong status. Each service gets
+a short warm-up (four clients, every valid request four times over) before the rows are measured.
 
 The model: ``--model``, else the shipped model, else an untrained default-size CNN at 3,036 classes
 (speed does not depend on what the weights learned; its answers mean nothing).
@@ -264,6 +265,7 @@ def bench_serve(
         crashes = 0
         for mode, max_batch in (("batching", 32), ("no batching", 1)):
             with _Service(Path(model), max_batch, max_wait_ms, tmp / f"serve-{max_batch}.log") as service:
+                _load(service.port, 4, 4 * len(valid), seconds, valid, junk, 0)  # warm-up, not counted
                 for clients in levels:
                     r = _load(service.port, clients, requests, seconds, valid, junk, junk_every)
                     r["mode"] = mode

@@ -117,7 +117,7 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        await batcher.start(np.zeros((recognizer.image_size, recognizer.image_size), np.uint8))
         yield
         await batcher.stop()
 

@@ -5,6 +5,10 @@ the first waiting image, then keeps collecting until it holds ``max_batch`` imag
 has passed since the first, runs the model once on the stack (in its own thread, so the event loop
 keeps accepting requests meanwhile) and hands each request its row. ``max_batch=1`` turns batching
 off: every request is one model call, in arrival order.
+
+A batch is padded (with copies of its last image) to the next power of two, at most ``max_batch``,
+and the model runs once on each of these sizes at start-up: CPU runtimes build their kernels per
+input shape on first use, which would otherwise land on the first requests of every new size.
 """
 
 from __future__ import annotations
@@ -34,9 +38,24 @@ class Batcher:
         # One model call at a time: the model uses its own threads for the batch.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kanjirec-model")
 
-    def start(self) -> None:
+    def sizes(self) -> list[int]:
+        """The batch sizes the model is run at: powers of two below ``max_batch``, and ``max_batch``."""
+        return [1 << k for k in range(self.max_batch.bit_length()) if 1 << k < self.max_batch] + [
+            self.max_batch
+        ]
+
+    def _run_padded(self, images: np.ndarray) -> np.ndarray:
+        size = next(s for s in self.sizes() if s >= len(images))
+        padded = np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])
+        return self.run_batch(padded)[: len(images)]
+
+    async def start(self, example: np.ndarray) -> None:
+        """Warm the model up at every batch size on ``example`` (one (S, S) image), then take requests."""
+        loop = asyncio.get_running_loop()
+        for size in self.sizes():
+            await loop.run_in_executor(self._executor, self.run_batch, np.repeat(example[None], size, axis=0))
         self._queue = asyncio.Queue()
-        self._worker = asyncio.get_running_loop().create_task(self._work())
+        self._worker = loop.create_task(self._work())
 
     async def stop(self) -> None:
         if self._worker is not None:
