@@ -126,3 +126,39 @@ def test_concurrent_requests_share_model_calls(service):
         assert [c["prob"] for c in answer["candidates"]] == pytest.approx(
             [c["prob"] for c in single["candidates"]], abs=1e-5
         )
+
+
+def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "kanjirec.cli",
+        "serve",
+        "--model",
+        str(reader_onnx),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            try:
+                status, health = Client(port=port, timeout=5).health()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200 and health["kind"] == "onnx" and health["classes"] == len(READ_CHARS)
+        assert Client(port=port).request("GET", "/")[0] == 404  # the page is not built yet
+    finally:
+        process.terminate()
+        process.wait(20)
+    assert f"on http://127.0.0.1:{port}" in process.stdout.read()

@@ -75,17 +75,15 @@ def predict_files(
     model: str | Path | None = None,
     top_k: int = 10,
     batch_size: int = BATCH_SIZE,
-    recognizer=None,
 ) -> list[ImageResult]:
     """Top-``top_k`` candidates for every image named by ``items`` (files, folders, globs), in order.
 
-    ``model``: anything `loading.load_any` takes; None: the shipped model. A ready ``recognizer``
-    (`recognizer.Recognizer`) may be given instead."""
+    ``model``: anything `loading.load_any` takes; None: the shipped model."""
     from kanjirec.recognizer import Recognizer, to_convention
 
     if top_k < 1:
         raise KanjirecError(f"--top-k must be at least 1, got {top_k}")
-    rec = recognizer if recognizer is not None else Recognizer.load(model)
+    rec = Recognizer.load(model)
     inputs = expand_inputs(items)
     results = [ImageResult(name, error=error) for name, _, error in inputs]
     images, rows = [], []

@@ -56,9 +56,8 @@ def _decode_upload(data: bytes, size: int, max_pixels: float) -> np.ndarray:
         )
     try:
         return to_convention(image, size)
-    except KanjirecError as e:  # a truncated or corrupt file fails when its pixels are decoded
-        raise HTTPException(422, f"the upload is not a readable image ({e})") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    # A truncated or corrupt file fails only when its pixels are decoded.
+    except (KanjirecError, OSError, SyntaxError, ValueError) as e:
         raise HTTPException(422, f"the upload is not a readable image ({e})") from e
 
 
