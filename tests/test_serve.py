@@ -80,6 +80,7 @@ def test_bad_input_gets_4xx_naming_the_problem_and_the_service_stays_up(service)
     huge = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # ~480 KB as PNG
     cases = [
         (client.request("POST", "/recognize", b'{"width": 1,', "application/json"), 400, "malformed JSON"),
+        (client.request("POST", "/recognize", b"[" * 100_000, "application/json"), 400, "nested too deeply"),
         (client.recognize_strokes([], 100, 100), 422, "strokes: expected a non-empty list"),
         (client.recognize_strokes([[[1, 2]], []], 100, 100), 422, "strokes[1]"),
         (client.recognize_strokes([[[1, 2]]], 0, 100), 422, "width and height must be positive"),

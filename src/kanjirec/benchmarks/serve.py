@@ -5,10 +5,11 @@ The service runs in its own process (as users run it), once with batching and on
 connection, requests go out until ``requests`` are answered or ``seconds`` have passed, whichever
 comes first. Valid requests alternate between image uploads (PNG) and pen strokes; every
 ``junk_every``-th request is junk (malformed JSON, empty strokes, a non-image upload, a wrong
-content type, an unknown field), which must be answered 4xx. The figures: requests/s and the
-latency percentiles of the valid requests; the counts that must be 0: crashes (the service process
-gone, or a connection failing), 5xx answers, and answers with the wrong status. Each service gets
-a short warm-up (four clients, every valid request four times over) before the rows are measured.
+content type, an unknown field, deeply nested JSON), which must be answered 4xx. The figures:
+requests/s and the latency percentiles of the valid requests; the counts that must be 0: crashes
+(the service process gone, or a connection failing), 5xx answers, and answers with the wrong
+status. Each service gets a short warm-up (four clients, every valid request four times over)
+before the rows are measured.
 
 The model: ``--model``, else the shipped model, else an untrained default-size CNN at 3,036 classes
 (speed does not depend on what the weights learned; its answers mean nothing).
@@ -36,6 +37,7 @@ JUNK = (
     ("not an image", "multipart", b"%PDF-1.4 not an image at all"),
     ("wrong content type", "text/plain", b"hello"),
     ("unknown field", "application/json", b'{"width": 100, "height": 100, "points": [[1, 2]]}'),
+    ("deeply nested JSON", "application/json", b"[" * 50_000),
 )
 
 

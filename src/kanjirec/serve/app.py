@@ -148,6 +148,8 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
                 payload = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HTTPException(400, f"malformed JSON: {e}") from e
+            except RecursionError as e:
+                raise HTTPException(400, "malformed JSON: nested too deeply") from e
             image = await run_in_threadpool(_draw, payload, recognizer.image_size)
         else:
             raise HTTPException(
