@@ -22,3 +22,21 @@ def id_dataset(tmp_path_factory):
     w = DatasetWriter(tmp_path_factory.mktemp("eval") / "ds", image_size=SIZE)
     w.add(encode_ids(np.arange(len(chars))), chars, writers, "T")
     return PackedDataset.open(w.finish(split="random", fractions=(0.4, 0.2, 0.4), seed=0))
+
+
+@pytest.fixture(scope="session")
+def reader_run(tmp_path_factory):
+    """A run folder holding a tiny CNN that reads the characters of ``helpers.READ_CHARS``."""
+    from helpers import train_reader
+
+    return train_reader(tmp_path_factory.mktemp("reader") / "run")
+
+
+@pytest.fixture(scope="session")
+def reader_onnx(reader_run):
+    """The reader exported to ONNX."""
+    from kanjirec.export import export_onnx
+    from kanjirec.loading import load_any
+
+    loaded = load_any(reader_run)
+    return export_onnx(loaded.model, reader_run.parent / "reader.onnx", classes=loaded.classes)

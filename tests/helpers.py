@@ -123,3 +123,52 @@ def render(char: str, shift: tuple[float, float] = (0, 0), scale: float = 0.85, 
         points = (stroke.points - 54.5) * scale * 64 / 109 + 32 + np.asarray(shift)
         draw.line([tuple(p) for p in points], fill=255, width=width, joint="curve")
     return np.asarray(image)
+
+
+# ---------------------------------------------------------------- a small model that reads real characters
+
+READ_CHARS = "田川人一"
+
+
+def render_writers(chars: str, writers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic handwriting (the training renderer, ink 255 on 0, 64x64) of each character by
+    ``writers`` random writers: images (n, 64, 64) uint8 and labels (index into ``chars``)."""
+    from kanjirec.data.kanjivg import load_kanjivg
+    from kanjirec.data.synth import StrokeBank, draw_writer_styles, stroke_images
+
+    kanjivg = load_kanjivg()
+    bank = StrokeBank.build([kanjivg[c] for c in chars])
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.arange(len(chars)), writers)
+    style = {k: np.repeat(v, len(chars)) for k, v in draw_writer_styles(rng, writers).items()}
+    images, _ = stroke_images(bank, labels, style, rng, size=64)
+    return images, labels
+
+
+def train_reader(run_dir: Path, chars: str = READ_CHARS, steps: int = 100, seed: int = 0) -> Path:
+    """A tiny CNN trained for a few seconds on synthetic handwriting of ``chars``, saved as a run.
+
+    It sees each image both as rendered and cropped to its ink (what `recognizer.to_convention`
+    gives), so it reads files through the recogniser and pen-stroke images alike."""
+    from kanjirec.data.preprocess import normalize_images
+    from kanjirec.inference import torch_threads
+
+    images, labels = render_writers(chars, 60, seed)
+    cropped = normalize_images(images, max_level=255, size=64, crop=True)
+    x = torch.from_numpy(np.concatenate([images, cropped]))[:, None]
+    y = torch.from_numpy(np.concatenate([labels, labels]))
+    torch.manual_seed(seed)
+    model = create_model(
+        "cnn", len(chars), classes=list(chars), channels=(8, 16), convs_per_block=1, head_hidden=32
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch_threads(1):  # tiny convolutions: one thread is fastest, above all on a busy machine
+        for _ in range(steps):
+            batch = torch.randint(0, len(x), (32,), generator=generator)
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return save_run(run_dir, model.eval(), chars)

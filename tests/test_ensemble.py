@@ -13,19 +13,18 @@ from kanjirec.cli import main
 from kanjirec.data.store import DatasetWriter, PackedDataset
 from kanjirec.ensemble import (
     TEMPERATURES,
-    EnsembleModel,
-    Pooling,
     build_ensemble,
     calibrate_temperature,
     check_same_classes,
     fit_weights,
-    load_ensemble,
-    save_ensemble,
 )
 from kanjirec.errors import CheckpointError, KanjirecError
-from kanjirec.evaluate import evaluate, predict
+from kanjirec.evaluation.predict import predict
+from kanjirec.evaluation.report import evaluate
 from kanjirec.export import export_onnx
+from kanjirec.loading import load_ensemble, save_ensemble
 from kanjirec.models import create_model
+from kanjirec.models.ensemble import EnsembleModel, Pooling
 from kanjirec.recognizer import Recognizer
 
 
@@ -153,8 +152,8 @@ def test_an_ensemble_exports_as_one_onnx_graph_that_matches_pytorch(tmp_path, ca
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
 
     recognizer = Recognizer.load(out)
-    assert recognizer.preprocessing == "strokes:contour:30,images,strokes:skeleton:30"
-    assert [i.name for i in recognizer.session.get_inputs()] == [
+    assert recognizer.model.preprocessing == "strokes:contour:30,images,strokes:skeleton:30"
+    assert [i.name for i in recognizer.model.session().get_inputs()] == [
         "strokes",
         "lengths",
         "images",

@@ -9,18 +9,14 @@ from torch import nn
 
 from helpers import CHARS, SMALL, fixed_logits, save_run, table_with_ranks, tiny_cnn
 from kanjirec.augment import DISTORTIONS
-from kanjirec.evaluate import (
-    LoadedModel,
-    compare,
-    evaluate,
-    expected_calibration_error,
-    inference_copy,
-    map_classes,
-    predict,
-    robustness_suite,
-    torch_threads,
-)
+from kanjirec.evaluation.compare import compare
+from kanjirec.evaluation.metrics import expected_calibration_error
+from kanjirec.evaluation.predict import map_classes, predict
+from kanjirec.evaluation.report import evaluate
+from kanjirec.evaluation.robustness import robustness_suite
 from kanjirec.export import sample_images
+from kanjirec.inference import inference_copy, torch_threads
+from kanjirec.loading import LoadedModel
 from kanjirec.models import create_model, list_models
 
 

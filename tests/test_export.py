@@ -12,9 +12,10 @@ from PIL import Image, ImageDraw
 
 from helpers import SMALL
 from kanjirec.data.kanjivg import load_kanjivg
+from kanjirec.errors import CheckpointError
 from kanjirec.export import export_onnx
 from kanjirec.models import create_model, list_models
-from kanjirec.recognizer import Recognizer, RecognizerError, to_convention
+from kanjirec.recognizer import Recognizer, to_convention
 
 CLASSES = list("明林語川")
 
@@ -78,18 +79,19 @@ def test_export_needs_the_class_list(tmp_path) -> None:
 def test_recognizer_rejects_a_foreign_onnx_file(tmp_path) -> None:
     path = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(path), dynamo=True, verbose=False)
-    with pytest.raises(RecognizerError, match="not a kanjirec export"):
+    with pytest.raises(CheckpointError, match="not a kanjirec export"):
         Recognizer.load(path)
 
 
 def test_recognizer_on_one_thread_reads_as_the_default_session(tmp_path) -> None:
-    from kanjirec.evaluate import load_any, torch_threads
+    from kanjirec.inference import torch_threads
+    from kanjirec.loading import load_any
 
     torch.manual_seed(0)
     model = create_model("cnn", len(CLASSES), classes=CLASSES, **SMALL["cnn"]).eval()
     path = export_onnx(model, tmp_path / "cnn.onnx")
     one = Recognizer.load(path, threads=1)
-    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert one.model.session(1).get_session_options().intra_op_num_threads == 1
     images = np.stack([render(c) for c in CLASSES])
     expected = Recognizer.load(path).logits(images)
     np.testing.assert_allclose(one.logits(images), expected, atol=1e-5, rtol=0)

@@ -213,14 +213,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """`evaluate`, `compare`, `ensemble` (evaluate.py, ensemble.py)."""
+    """`evaluate`, `compare`, `ensemble` (evaluation/, ensemble.py)."""
 
     def given(**options: object) -> dict:
         # Options left unset keep the library's defaults (not repeated here, and --help stays torch-free).
         return {k: v for k, v in options.items() if v is not None}
 
     def run_evaluate(a: argparse.Namespace) -> None:
-        from kanjirec.evaluate import evaluate, report_markdown
+        from kanjirec.evaluation.report import evaluate, report_markdown
 
         report = evaluate(
             a.model,
@@ -234,7 +234,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             print(f"wrote report.json, report.md, confusions.png, reliability.png to {a.out}")
 
     def run_compare(a: argparse.Namespace) -> None:
-        from kanjirec.evaluate import compare, compare_markdown
+        from kanjirec.evaluation.compare import compare, compare_markdown
 
         result = compare(
             a.runs,
@@ -328,6 +328,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_train(bsub)
     _add_bench_compare(bsub)
     _add_bench_styles(bsub)
+    _add_bench_serve(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -455,23 +456,50 @@ def _add_bench_styles(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_bench_serve(bsub: argparse._SubParsersAction) -> None:
+    """`bench serve`: a bounded load test of `kanjirec serve` on loopback."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.serve import bench_serve
+
+        bench_serve(
+            model=a.model,
+            requests=a.requests,
+            seconds=a.seconds,
+            junk_every=a.junk_every,
+            max_wait_ms=a.max_wait_ms,
+            workdir=a.workdir,
+        )
+
+    p = bsub.add_parser(
+        "serve",
+        help="load test of `kanjirec serve` on loopback: req/s and p50/p95/p99 at 1, 8, 32 clients, "
+        "with and without batching, junk mixed in",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="the model to serve (default: the shipped model, else an untrained default-size CNN)",
+    )
+    p.add_argument("--requests", type=int, default=400, help="requests per row at most (default 400)")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds per row at most (default 20)")
+    p.add_argument("--junk-every", type=int, default=10, help="every Nth request is junk (0: none)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batching wait (default 2)")
+    p.add_argument("--workdir", type=Path, help="where the temporary files go (default: the system's)")
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- export
 
 
 def _export(a: argparse.Namespace) -> None:
-    from kanjirec.ensemble import is_ensemble_file, load_ensemble
     from kanjirec.export import export_onnx
+    from kanjirec.loading import load_any
 
-    if is_ensemble_file(a.run):
-        model, info = load_ensemble(a.run)
-        name, classes = info["name"], info["classes"]
-    else:
-        from kanjirec.checkpoint import load_model
-
-        model, ckpt = load_model(a.run)
-        name, classes = ckpt.model_name, ckpt.classes
-    out = export_onnx(model, a.out, classes=classes)
-    print(f"wrote {out} ({name}, {len(classes):,} classes; ONNX Runtime matches PyTorch)")
+    loaded = load_any(a.run)
+    out = export_onnx(loaded.model, a.out, classes=loaded.classes)
+    name = loaded.name if loaded.kind == "ensemble" else loaded.kind
+    print(f"wrote {out} ({name}, {len(loaded.classes):,} classes; ONNX Runtime matches PyTorch)")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -483,6 +511,80 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p.set_defaults(func=_export)
+
+
+# ---------------------------------------------------------------- using a model
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """`predict`: top candidates for image files (predict.py)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.predict import run_predict
+
+        run_predict(a.images, a.model, a.top_k, a.json)
+
+    p = sub.add_parser(
+        "predict",
+        help="top candidates for images (files, folders or globs; any size, polarity and format)",
+        description="Print the top candidates with probabilities for each image. An input that cannot "
+        "be read is named on stderr, the others are still answered, and the exit status is then 2.",
+    )
+    p.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns ('*.png')")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a run folder, a checkpoint, an .onnx file or an ensemble .json (default: the shipped model)",
+    )
+    p.add_argument("--top-k", type=int, default=10, help="candidates per image (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON list: {file, candidates: [{char, prob}]}")
+    p.set_defaults(func=run)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """`serve`: the HTTP recognition service (serve/)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.serve.app import ServeConfig, run_server
+
+        run_server(
+            a.model,
+            host=a.host,
+            port=a.port,
+            config=ServeConfig(
+                max_batch=a.max_batch,
+                max_wait_ms=a.max_wait_ms,
+                max_upload_bytes=int(a.max_upload_mb * 2**20),
+                max_pixels=a.max_megapixels * 1_000_000,
+            ),
+        )
+
+    p = sub.add_parser(
+        "serve",
+        help="HTTP service: POST /recognize (image upload or pen strokes), GET /health",
+        description="Serve a model over HTTP with FastAPI and uvicorn; concurrent requests are batched. "
+        "See docs/SERVE.md.",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a run folder, a checkpoint, an .onnx file or an ensemble .json (default: the shipped model)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="requests answered by one model call (1: no batching)"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default 2)"
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)"
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="largest accepted image (default 40 megapixels)"
+    )
+    p.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------- the main job
@@ -531,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_predict(sub)
+    _add_serve(sub)
     _add_bench(sub)
     _add_ship(sub)
     _add_demo(sub)

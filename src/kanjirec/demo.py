@@ -82,13 +82,13 @@ def run_demo(
     workers: int = 2,
 ) -> dict:
     from kanjirec.charset import get_charset, spread_subset
-    from kanjirec.checkpoint import load_model
     from kanjirec.config import TrainConfig
     from kanjirec.data.store import PackedDataset
     from kanjirec.data.synth import synthesize
     from kanjirec.ensemble import build_ensemble, ensemble_markdown
-    from kanjirec.evaluate import compare, compare_markdown
+    from kanjirec.evaluation.compare import compare, compare_markdown
     from kanjirec.export import export_onnx
+    from kanjirec.loading import load_any
     from kanjirec.models import list_models
     from kanjirec.recognizer import Recognizer
     from kanjirec.train import train
@@ -138,8 +138,8 @@ def run_demo(
 
     best = max(result["rows"], key=lambda r: r["top1"])
     onnx_path = out / f"{best['name']}.onnx"
-    model, info = load_model(best["path"])
-    export_onnx(model, onnx_path, classes=info.classes)
+    loaded = load_any(best["path"])
+    export_onnx(loaded.model, onnx_path, classes=loaded.classes)
     ds = PackedDataset.open(data)
     i = int(ds.indices("test")[0])
     top = Recognizer.load(onnx_path)(ds.images[i])

@@ -35,7 +35,7 @@ from kanjirec.errors import KanjirecError
 from kanjirec.models.base import RecognitionModel
 
 if TYPE_CHECKING:
-    from kanjirec.ensemble import EnsembleModel
+    from kanjirec.models.ensemble import EnsembleModel
 
 META_PREFIX = "kanjirec."
 
@@ -63,9 +63,13 @@ def export_onnx(
     import onnx
     import onnxruntime as ort
 
+    from kanjirec.loading import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        raise ExportError(f"{model.path} is already an exported ONNX file; export from a run or a checkpoint")
     for k, member in enumerate(getattr(model, "members", [])):
         if not isinstance(member, RecognitionModel):
-            onnx = getattr(getattr(member, "recognizer", None), "path", None)
+            onnx = member.path if isinstance(member, OnnxModel) else None
             what = f"{onnx} is an ONNX file" if onnx else f"is a {type(member).__name__}"
             raise ExportError(
                 f"ensemble member {k}: {what}, not a PyTorch model; an ensemble exports from "

@@ -1,4 +1,7 @@
-"""The small inference API: ``Recognizer.load("model.onnx")(image) -> [(char, prob), ...]``.
+"""The small inference API: ``Recognizer.load()(image) -> [(char, prob), ...]``.
+
+``Recognizer.load(path)`` takes anything `loading.load_any` does (a run folder, a checkpoint, an
+exported .onnx file, an ensemble manifest); without a path, the model that ships with the package.
 
 Any image is brought to the project's convention before the graph runs:
 
@@ -8,25 +11,25 @@ Any image is brought to the project's convention before the graph runs:
    ink is bright on a dark background;
 3. ``data.preprocess.normalize_images(..., max_level=255, size=64, crop=True)``: contrast
    normalisation, crop to the ink, aspect-preserving resize to 64x64 and centring;
-4. the model's feature step named in the ONNX metadata: ``images`` -> float in [0, 1];
-   ``strokes:<extractor>:<max>`` -> ``data.sequences.extract_strokes`` outside the graph.
+4. the model's own feature step (for an ONNX file, the one its metadata names, run outside the
+   graph by `loading.OnnxModel`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from kanjirec.errors import KanjirecError
-
-META_PREFIX = "kanjirec."
+from kanjirec.inference import inference_copy, torch_threads
+from kanjirec.loading import LoadedModel, OnnxModel, load_any
 
 
 class RecognizerError(KanjirecError):
-    """An ONNX file lacks kanjirec metadata, or an image cannot be read."""
+    """An image cannot be read or is not an image array."""
 
 
 def _grey(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
@@ -35,7 +38,9 @@ def _grey(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
         try:
             image = Image.open(image)
             image.load()
-        except OSError as e:
+        # Pillow reports a corrupt or unknown file as OSError, SyntaxError or ValueError, an oversized
+        # one as DecompressionBombError.
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise RecognizerError(f"{image}: cannot read image: {e}") from e
     if isinstance(image, Image.Image):
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -70,103 +75,45 @@ def to_convention(image: str | Path | Image.Image | np.ndarray, size: int = 64) 
 
 
 class Recognizer:
-    """Top-k character recognition with an exported ONNX model."""
+    """Top-k character recognition with any model `loading.load_any` loads (by default the shipped one)."""
 
-    def __init__(
-        self,
-        session,
-        classes: list[str],
-        preprocessing: str,
-        image_size: int,
-        top_k: int = 5,
-        *,
-        path: Path | None = None,
-        threads: int | None = None,
-    ):
-        self.session = session
-        self.classes = classes
-        self.preprocessing = preprocessing
-        self.image_size = image_size
+    def __init__(self, loaded: LoadedModel, top_k: int = 5, threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.loaded = loaded
+        self.model = inference_copy(loaded.model)
+        self.classes = loaded.classes
+        self.image_size = loaded.image_size
+        self.path = loaded.path
         self.top_k = top_k
-        self.path = path
         self.threads = threads
-        self._input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
     def load(cls, path: str | Path | None = None, top_k: int = 5, threads: int | None = None) -> Recognizer:
-        """``path``: an exported .onnx file; None: the model that ships inside the package (its SHA-256
-        checked first). ``threads``: ONNX Runtime's intra-op threads (1 for single-thread latency); None
-        leaves its default, one per physical core."""
-        import onnxruntime as ort
-
-        if path is None:
-            from kanjirec.weights import shipped_model_path
-
-            path = shipped_model_path()
-        path = Path(path)
-        if not path.is_file():
-            raise RecognizerError(f"{path}: no such ONNX file")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "preprocessing", "image_size") if META_PREFIX + k not in meta]
-        if missing:
-            raise RecognizerError(
-                f"{path}: not a kanjirec export, metadata lacks {', '.join(META_PREFIX + k for k in missing)}"
-            )
-        return cls(
-            session,
-            json.loads(meta[META_PREFIX + "classes"]),
-            meta[META_PREFIX + "preprocessing"],
-            int(meta[META_PREFIX + "image_size"]),
-            top_k,
-            path=path,
-            threads=threads,
-        )
-
-    def graph_inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, S, S) uint8 images in the convention -> the graph's named inputs.
-
-        The preprocessing names one feature step, or (an ensemble) several joined by ",", whose
-        outputs fill the graph inputs in order."""
-        arrays = [a for kind in self.preprocessing.split(",") for a in self._features(kind, images)]
-        if len(arrays) != len(self._input_names):
-            raise RecognizerError(
-                f"{self.path}: preprocessing {self.preprocessing!r} makes {len(arrays)} inputs, "
-                f"the graph takes {len(self._input_names)} ({', '.join(self._input_names)})"
-            )
-        return dict(zip(self._input_names, arrays, strict=True))
-
-    def _features(self, kind: str, images: np.ndarray) -> list[np.ndarray]:
-        if kind == "images":
-            return [images[:, None].astype(np.float32) / 255.0]
-        parts = kind.split(":")
-        if len(parts) != 3 or parts[0] != "strokes" or not parts[2].isdigit():
-            raise RecognizerError(
-                f"{self.path or 'ONNX model'}: unknown preprocessing {kind!r} in its metadata "
-                "(expected 'images' or 'strokes:<extractor>:<max strokes>')"
-            )
-        from kanjirec.data.sequences import extract_strokes
-
-        return list(extract_strokes(images, parts[1], int(parts[2])))
+        """``path``: anything `loading.load_any` takes; None: the shipped model. ``threads``: intra-op
+        threads (1 for single-thread latency); None leaves the runtime's default."""
+        return cls(load_any(path), top_k, threads)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(B, S, S) uint8 images already in the convention -> (B, C) logits."""
-        return self.session.run(None, self.graph_inputs(images))[0]
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if isinstance(self.model, OnnxModel):
+            return self.model.logits(images, self.threads)
+        with torch_threads(self.threads), torch.inference_mode():
+            return self.model(torch.from_numpy(images)[:, None]).float().numpy()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         logits = self.logits(images)
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
+    def top(self, images: np.ndarray, top_k: int | None = None) -> list[list[tuple[str, float]]]:
+        """(B, S, S) uint8 images already in the convention -> per image, the top-k (char, prob)."""
+        probs = self.probabilities(images)
+        best = np.argsort(-probs, axis=1, kind="stable")[:, : top_k or self.top_k]
+        return [[(self.classes[i], float(p[i])) for i in row] for p, row in zip(probs, best, strict=True)]
+
     def __call__(
         self, image: str | Path | Image.Image | np.ndarray, top_k: int | None = None
     ) -> list[tuple[str, float]]:
-        probs = self.probabilities(to_convention(image, self.image_size)[None])[0]
-        best = np.argsort(-probs)[: top_k or self.top_k]
-        return [(self.classes[i], float(probs[i])) for i in best]
+        return self.top(to_convention(image, self.image_size)[None], top_k)[0]

@@ -48,8 +48,9 @@ def ship(run: str | Path, data: str | Path, *, styles_data: str | Path | None = 
     """Export ``run`` into the package and write its manifest and model card."""
     from kanjirec.benchmarks import styles
     from kanjirec.data.store import PackedDataset
-    from kanjirec.evaluate import evaluate, load_any
+    from kanjirec.evaluation.report import evaluate
     from kanjirec.export import export_onnx
+    from kanjirec.loading import load_any
 
     lm = load_any(run)
     if lm.kind in ("onnx", "ensemble"):

@@ -4,7 +4,7 @@ The target is a comparison of the six architectures, at their default sizes, on 
 3,036-class test split of about 30,000 images in under 10 minutes on this kind of
 machine. Speed does not depend on what the weights learned, so the benchmark needs no
 trained models (which take a GPU at this size): it saves each registered model freshly
-initialised as a run, exactly as the trainer would, and runs the real `evaluate.compare`
+initialised as a run, exactly as the trainer would, and runs the real `evaluation.compare.compare`
 on them with its defaults. The accuracies and robustness scores it prints are those of
 untrained models and mean nothing; the times per phase are the figures.
 
@@ -53,7 +53,7 @@ def bench_compare(
 ) -> dict[str, float]:
     """Run the benchmark, print its figures and return them."""
     from kanjirec.data.store import PackedDataset
-    from kanjirec.evaluate import compare, compare_markdown
+    from kanjirec.evaluation.compare import compare, compare_markdown
 
     with tempfile.TemporaryDirectory(dir=workdir, prefix="kanjirec-bench-compare-") as tmp:
         tmp = Path(tmp)

@@ -98,7 +98,8 @@ def run(
     """Render the held-out families (or reuse ``data``, made by an earlier run) and score ``model``
     (None: the shipped model) on each; returns the report, also written to ``out`` if given."""
     from kanjirec.charset import get_charset
-    from kanjirec.evaluate import evaluate, load_any
+    from kanjirec.evaluation.report import evaluate
+    from kanjirec.loading import load_any
 
     lm = load_any(model)
     t0 = time.perf_counter()

@@ -50,11 +50,16 @@ def read_manifest(manifest: Path = MANIFEST_FILE) -> dict:
     return data
 
 
-def shipped_model_path(model: Path = MODEL_FILE, manifest: Path = MANIFEST_FILE) -> Path:
-    """The shipped ONNX file, after checking its SHA-256 against the manifest (once per process)."""
-    expected = read_manifest(manifest)["sha256"]
+def shipped_model_path(model: Path = MODEL_FILE, manifest: Path | None = None) -> Path:
+    """The shipped ONNX file, after checking its SHA-256 against its manifest (by default the .json
+    beside it), once per process."""
     if not model.is_file():
-        raise ShippedModelError(f"{model}: missing, so no model ships with this install; reinstall kanjirec")
+        raise ShippedModelError(
+            f"no model ships in this install (looked for {model}); give a model with --model PATH "
+            "(a run folder, a checkpoint, an .onnx file or an ensemble .json)"
+        )
+    manifest = model.with_suffix(".json") if manifest is None else manifest
+    expected = read_manifest(manifest)["sha256"]
     stat = model.stat()
     key = (str(model), stat.st_size, stat.st_mtime_ns)
     if _verified.get(key) != expected:

@@ -1,4 +1,4 @@
-"""PNG charts for `evaluate.py`: confused pairs, reliability diagram, trade-offs, robustness."""
+"""PNG charts for the evaluation reports: confused pairs, reliability diagram, trade-offs, robustness."""
 
 from __future__ import annotations
 
