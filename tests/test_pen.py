@@ -13,7 +13,8 @@ CHARS = "語田川"  # 語 spans the typical extent of a character, so the rende
 MIDDLE_WRITER = {
     "size": 0.88, "aspect": 1.0, "slant": 0.0, "rotation": 0.0, "pen": 0.74, "ink": 0.75, "mess": 0.3,
     "cursive": 0.0, "gap": 0.0, "length": 0.0, "elastic": 0.3, "gain": 2.25, "grain": 0.0, "noise": 0.15,
-    "background": 0.0,
+    "background": 0.0, "brush": 0.0, "dry": 0.0, "press": 0.0, "compact": 0.0, "proportion": 0.0,
+    "join_weight": 0.5,
 }  # fmt: skip
 
 

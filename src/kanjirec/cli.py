@@ -267,7 +267,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy, confusions, calibration and per-writer accuracy of a model"
     )
-    p.add_argument("model", type=Path, help="a run directory, a checkpoint file or an ensemble .json")
+    p.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        help="a run directory, a checkpoint, an .onnx file or an ensemble .json (default: the shipped model)",
+    )
     p.add_argument(
         "--data",
         type=Path,

@@ -15,7 +15,7 @@ from kanjirec.loading import LoadedModel, load_any
 
 
 def evaluate(
-    model_path: str | Path | LoadedModel,
+    model_path: str | Path | LoadedModel | None,
     data: str | Path,
     *,
     split: str | None = "test",
