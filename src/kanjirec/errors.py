@@ -17,5 +17,13 @@ class CheckpointError(KanjirecError):
     """A checkpoint is unreadable or belongs to another model, class list or config."""
 
 
+class ConfigError(KanjirecError, ValueError):
+    """A training config (file, flag or --set item) names an unknown key or has a bad value."""
+
+
+class ImageInputError(KanjirecError):
+    """An image file is not an image, cannot be read, or has more pixels than the stated limit."""
+
+
 class ModelConfigError(KanjirecError, ValueError):
     """An unknown model name, or a config key the model's constructor does not take."""

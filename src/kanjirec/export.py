@@ -24,7 +24,10 @@ must reproduce PyTorch's logits on a sample batch within ``tolerance``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +45,26 @@ META_PREFIX = "kanjirec."
 
 class ExportError(KanjirecError):
     """The exported graph does not reproduce the PyTorch model."""
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's known, harmless reports, for this export only.
+
+    torch's ONNX registry logs one warning per torchvision operator it skips (we use none, and
+    torchvision is not a dependency), and its pytree code raises a FutureWarning about its own
+    ``LeafSpec`` use. Anything else still reaches the user."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        registry.setLevel(level)
 
 
 def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -96,7 +119,7 @@ def export_onnx(
             def forward(self, *xs: torch.Tensor) -> torch.Tensor:
                 return self.inner.forward_features(*xs)
 
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             expected = model.forward_features(*features).numpy()
             program = torch.onnx.export(
                 _Graph(model).eval(),
