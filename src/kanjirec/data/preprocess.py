@@ -13,13 +13,26 @@ rendered strokes, fonts drawn as white on black) into that convention:
 It is vectorised over the batch with torch (one ``grid_sample`` per chunk), so
 no image is resized in a Python loop and nothing is kept as float beyond the
 chunk being processed.
+
+Image files from users are opened with `open_image`, which refuses anything over
+`MAX_IMAGE_PIXELS` from the file's header, before decoding a pixel.
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from kanjirec.errors import ImageInputError
+
+# The largest image accepted (40 megapixels: a 7,300 x 5,500 photo). Beyond it an image is refused
+# with ImageInputError rather than decoded; Pillow's own bomb check only starts at 89 megapixels.
+MAX_IMAGE_PIXELS = 40_000_000
 
 # Above this fraction of full ink a pixel counts as ink for cropping.
 _INK_THRESHOLD = 0.25
@@ -120,3 +133,41 @@ def _resize_chunk(x: torch.Tensor, size: int, crop: bool, margin: int) -> torch.
     grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (out[:, 0] * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- image files
+
+
+def check_image_size(width: int, height: int, source: str | Path) -> None:
+    """Raise `ImageInputError` naming ``source`` if a width x height image exceeds `MAX_IMAGE_PIXELS`."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageInputError(
+            f"{source}: image is {width}x{height} ({width * height:,} pixels), over the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels; scale it down first"
+        )
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The decoded image at ``path``.
+
+    `ImageInputError` naming the file if it is missing, not an image, cannot be decoded
+    (truncated, damaged), or has more than `MAX_IMAGE_PIXELS` pixels (checked from its
+    header, before decoding)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 megapixels and refuses from 179; our lower limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(
+            f"{path}: image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({e}); scale it down first"
+        ) from e
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise ImageInputError(f"{path}: not a readable image ({e})") from e
+    check_image_size(image.width, image.height, path)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageInputError(f"{path}: cannot decode the image, truncated or damaged ({e})") from e
+    return image
