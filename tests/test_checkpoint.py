@@ -333,7 +333,9 @@ def test_failure_before_a_checkpoint_write_keeps_the_previous_one_and_resumes(tr
 
     config = tiny_config(trained.data, tmp_path, epochs=1, save_every=2, keep_last=2)
     monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", disk_full_at_step_4)
-    with pytest.raises(CheckpointError, match=r"step-00000004\.pt: cannot write checkpoint \(.*No space left"):
+    with pytest.raises(
+        CheckpointError, match=r"step-00000004\.pt: cannot write checkpoint \(.*No space left"
+    ):
         train(config)
     monkeypatch.undo()
     ckpts = config.run_dir / "checkpoints"

@@ -268,9 +268,7 @@ def check_augment_config(aug_config: Mapping[str, float] | None) -> None:
         raise ConfigError(f"augment must be a table of distortion name -> strength, got {aug_config!r}")
     for name, value in aug_config.items():
         if name != "p" and name not in DISTORTIONS:
-            raise ConfigError(
-                f"augment.{name}: unknown distortion; known: p, {', '.join(DISTORTIONS)}"
-            )
+            raise ConfigError(f"augment.{name}: unknown distortion; known: p, {', '.join(DISTORTIONS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             what = "the chance a sample gets each distortion" if name == "p" else "the largest strength"
             raise ConfigError(f"augment.{name}: {value!r} is not a number in [0, 1] ({what})")

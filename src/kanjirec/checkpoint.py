@@ -92,7 +92,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({e}); the previous file is unchanged") from e
+            raise CheckpointError(
+                f"{path}: cannot write checkpoint ({e}); the previous file is unchanged"
+            ) from e
         raise
     return path
 

@@ -34,6 +34,7 @@ import yaml
 from kanjirec.augment import check_augment_config
 from kanjirec.errors import ConfigError  # defined there so augment.py raises it too; imported from here
 
+
 def default_augment() -> dict[str, float]:
     """Affine, elastic, stroke width and noise, each on half the samples, at moderate strengths."""
     return {

@@ -86,4 +86,3 @@ def _encode(obj: Any) -> Iterator[bytes | memoryview]:
         yield _tagged(b"o", repr(obj).encode())
     else:
         raise TypeError(f"cannot hash a value of type {type(obj).__name__} in a state")
-
