@@ -130,18 +130,35 @@ class Recognizer:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except (
+            ort_errors.Fail,
+            ort_errors.InvalidArgument,
+            ort_errors.InvalidGraph,
+            ort_errors.InvalidProtobuf,
+        ) as e:
+            raise RecognizerError(f"{path}: not a loadable ONNX model ({e})") from e
         meta = session.get_modelmeta().custom_metadata_map
         missing = [k for k in ("classes", "preprocessing", "image_size") if META_PREFIX + k not in meta]
         if missing:
             raise RecognizerError(
                 f"{path}: not a kanjirec export, metadata lacks {', '.join(META_PREFIX + k for k in missing)}"
             )
+        try:
+            classes = json.loads(meta[META_PREFIX + "classes"])
+            image_size = int(meta[META_PREFIX + "image_size"])
+        except ValueError as e:  # JSONDecodeError is a ValueError
+            raise RecognizerError(f"{path}: unreadable kanjirec metadata ({e})") from e
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or image_size < 1:
+            raise RecognizerError(f"{path}: kanjirec metadata holds no class list or image size")
         return cls(
             session,
-            json.loads(meta[META_PREFIX + "classes"]),
+            classes,
             meta[META_PREFIX + "preprocessing"],
-            int(meta[META_PREFIX + "image_size"]),
+            image_size,
             top_k,
             path=path,
             threads=threads,
