@@ -244,11 +244,13 @@ def test_config_file_errors_name_file_and_key(tmp_path):
         ("run_name=../elsewhere", "'run_name' must be a plain folder name"),
         ("amp=fp8", "'amp' must be auto, bf16, fp16 or off"),
         ("epochs=2.5", "'epochs' must be int"),
+        ("head_hidden=big", "model 'cnn': config key 'head_hidden' must be like its default 512, got 'big'"),
     ],
 )
 def test_bad_config_values_fail_before_anything_is_written(item, named, tiny_data, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["train", "--model", "cnn", "--data", str(tiny_data), "--out-dir", str(out), "--set", item]
+    argv = ["train", "--model", "cnn", "--data", str(tiny_data), "--out-dir", str(out), "--batch-size", "8"]
+    argv += ["--set", item]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
