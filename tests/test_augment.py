@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kanjirec.augment import DISTORTIONS, augment_batch
+from kanjirec.errors import ConfigError
 
 
 def bar_images(batch: int = 4) -> torch.Tensor:
@@ -93,7 +94,9 @@ def test_augment_batch_without_distortions_or_probability_changes_nothing():
 
 
 def test_augment_batch_rejects_unknown_names_and_bad_strengths():
-    with pytest.raises(ValueError, match=r"unknown distortion\(s\) swirl"):
+    with pytest.raises(ConfigError, match=r"augment\.swirl: unknown distortion"):
         augment_batch(bar_images(), {"swirl": 0.5}, generator())
-    with pytest.raises(ValueError, match="'rotation' must lie in"):
+    with pytest.raises(ConfigError, match=r"augment\.rotation: 2\.0 is not a number in \[0, 1\]"):
         augment_batch(bar_images(), {"rotation": 2.0}, generator())
+    with pytest.raises(ConfigError, match=r"augment\.p: 'often' is not a number"):
+        augment_batch(bar_images(), {"p": "often"}, generator())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import numpy as np
 import onnx
@@ -34,7 +36,20 @@ def render(char: str, shift: tuple[float, float] = (0, 0)) -> np.ndarray:
 def test_onnx_runtime_matches_pytorch(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model(name, len(CLASSES), classes=CLASSES, **SMALL.get(name, {})).eval()
-    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    # The user sees our message only: no warning or log record of torch's exporter gets through.
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = logged.append
+    exporter_log = logging.getLogger("torch.onnx")
+    exporter_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = export_onnx(model, tmp_path / f"{name}.onnx")
+    finally:
+        exporter_log.removeHandler(handler)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in logged if r.levelno >= logging.WARNING] == []
 
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["kanjirec.classes"]) == CLASSES

@@ -231,6 +231,39 @@ def test_config_file_errors_name_file_and_key(tmp_path):
         load_config_file(wrong_type)
 
 
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ("augment.bogus=0.5", "augment.bogus: unknown distortion"),
+        ("augment.rotation=2", "augment.rotation: 2 is not a number in [0, 1]"),
+        ("augment.p=-0.1", "augment.p: -0.1 is not a number in [0, 1]"),
+        ("augment.noise=nan", "augment.noise: nan is not a number in [0, 1]"),
+        ("lr=inf", "'lr' must be a finite number"),
+        ("weight_decay=-1", "'weight_decay' must be 0 or more"),
+        ("seed=-1", "'seed' must be in [0, 2**32)"),
+        ("run_name=../elsewhere", "'run_name' must be a plain folder name"),
+        ("amp=fp8", "'amp' must be auto, bf16, fp16 or off"),
+        ("epochs=2.5", "'epochs' must be int"),
+        ("head_hidden=big", "model 'cnn': config key 'head_hidden' must be like its default 512, got 'big'"),
+    ],
+)
+def test_bad_config_values_fail_before_anything_is_written(item, named, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "--model", "cnn", "--data", str(tiny_data), "--out-dir", str(out), "--batch-size", "8"]
+    argv += ["--set", item]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_train_checks_the_config_before_it_writes(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "out", augment={"rotation": 0.5, "swirl": 0.2})
+    with pytest.raises(ConfigError, match=r"augment\.swirl: unknown distortion"):
+        train(config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_seed_script_without_dataset_says_how_to_make_one(tmp_path):
     env = {**os.environ, "CI": "1"}
     result = subprocess.run(

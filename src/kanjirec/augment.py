@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kanjirec.errors import ConfigError
+
 Tensor = torch.Tensor
 
 
@@ -257,6 +259,21 @@ DISTORTIONS: dict[str, Distortion] = {d.name: d for d in _ENTRIES}
 # ---------------------------------------------------------------- training augmentation
 
 
+def check_augment_config(aug_config: Mapping[str, float] | None) -> None:
+    """Raise `ConfigError` naming the key unless every entry is a known distortion (or ``p``) mapped
+    to a number in [0, 1]. The training config is checked with this before a run writes anything."""
+    if aug_config is None:
+        return
+    if not isinstance(aug_config, Mapping):
+        raise ConfigError(f"augment must be a table of distortion name -> strength, got {aug_config!r}")
+    for name, value in aug_config.items():
+        if name != "p" and name not in DISTORTIONS:
+            raise ConfigError(f"augment.{name}: unknown distortion; known: p, {', '.join(DISTORTIONS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            what = "the chance a sample gets each distortion" if name == "p" else "the largest strength"
+            raise ConfigError(f"augment.{name}: {value!r} is not a number in [0, 1] ({what})")
+
+
 def augment_batch(
     images: Tensor, aug_config: Mapping[str, float] | None, generator: torch.Generator
 ) -> Tensor:
@@ -267,15 +284,10 @@ def augment_batch(
     sample draws its strength uniformly in [0, largest]. ``None`` or ``{}`` changes nothing.
     """
     _check(images)
+    check_augment_config(aug_config)
     config = dict(aug_config or {})
     p = float(config.pop("p", 0.5))
-    unknown = sorted(set(config) - set(DISTORTIONS))
-    if unknown:
-        raise ValueError(
-            f"augmentation config names unknown distortion(s) {', '.join(unknown)}; "
-            f"known: {', '.join(DISTORTIONS)}"
-        )
-    active = [(DISTORTIONS[name], float(top)) for name, top in config.items() if float(top) > 0]
+    active = [(DISTORTIONS[name], float(top)) for name, top in config.items() if top > 0]
     if not active:
         return images
     active.sort(key=lambda item: list(DISTORTIONS).index(item[0].name))
@@ -285,8 +297,6 @@ def augment_batch(
     displacement = None
     warped = False
     for d, top in active:
-        if not 0 < top <= 1:
-            raise ValueError(f"augmentation strength for {d.name!r} must lie in (0, 1], got {top}")
         chosen = _rand(generator, b) < p
         s = torch.where(chosen, _rand(generator, b) * top, torch.zeros(b))
         if isinstance(d, AffineDistortion):

@@ -11,6 +11,13 @@ target (``os.replace`` is atomic), so a crash never leaves a half-written checkp
 a checkpoint's name. A file that is unreadable, or that belongs to another model, class
 list or config, raises `CheckpointError` naming the file and what differs; a run never
 silently starts afresh.
+
+Every checkpoint stores ``sha256``, the `digest.state_sha256` of the rest of its state
+(every tensor's bytes, every other value), and every read recomputes it: torch does not
+check its zip CRCs, so without it flipped bytes in a weight tensor load silently. The hash
+is of the content rather than of the file's bytes so that it can live inside the file, and
+so that it holds whatever zip layout a torch version writes. Files without one (version 1,
+written before hashes) are refused: they cannot be told apart from a damaged file.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from kanjirec.digest import state_sha256
 from kanjirec.errors import CheckpointError
 
 FORMAT = "kanjirec-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: content hash ("sha256") in every file
 BEST = "best.pt"
+HASH_KEY = "sha256"
 _STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
 _REQUIRED = ("format", "version", "model_name", "model_config", "classes", "config", "model")
 
@@ -60,21 +69,54 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename into place."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename into place.
+
+    A dict is saved with its content hash under ``sha256`` (see the module docstring), so that
+    `read_checkpoint` can verify it. A failed write (disk full, no permission) removes the
+    temporary file, leaves any previous file at ``path`` as it was and raises `CheckpointError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if isinstance(obj, dict):
+        obj = with_hash(obj)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(
+                f"{path}: cannot write checkpoint ({e}); the previous file is unchanged"
+            ) from e
         raise
-    _fsync_dir(path.parent)
     return path
+
+
+def with_hash(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``sha256`` set to the content hash of everything else in it."""
+    body = {k: v for k, v in state.items() if k != HASH_KEY}
+    return {**body, HASH_KEY: state_sha256(body)}
+
+
+def verify_hash(state: dict[str, Any], path: str | Path) -> None:
+    """Raise `CheckpointError` naming ``path`` unless ``state`` holds the hash of its own content."""
+    stored = state.get(HASH_KEY)
+    if not isinstance(stored, str):
+        raise CheckpointError(f"{path}: checkpoint has no content hash, so its integrity cannot be checked")
+    actual = state_sha256({k: v for k, v in state.items() if k != HASH_KEY})
+    if actual != stored:
+        raise CheckpointError(
+            f"{path}: checkpoint is corrupt: its content hash is {actual[:16]}..., the file records "
+            f"{stored[:16]}... (bytes changed on disk after it was written); use an older checkpoint "
+            "or retrain"
+        )
 
 
 # ---------------------------------------------------------------- RNG states
@@ -115,7 +157,7 @@ def _as_tuple(x: Any) -> Any:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and sanity-check a checkpoint file; `CheckpointError` names the file and the fault."""
+    """Load a checkpoint file and verify its content hash; `CheckpointError` names the file and the fault."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -125,8 +167,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupt ({e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a kanjirec checkpoint (no format marker {FORMAT!r})")
+    if state.get("version") == 1:
+        raise CheckpointError(
+            f"{path}: checkpoint version 1, written by an earlier kanjirec without a content hash; "
+            "its integrity cannot be checked, so it is not loaded: retrain to get a version-2 checkpoint"
+        )
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, expected {VERSION}")
+    verify_hash(state, path)
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")

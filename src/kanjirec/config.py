@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +31,8 @@ from typing import Any
 
 import yaml
 
-from kanjirec.errors import KanjirecError
-
-
-class ConfigError(KanjirecError):
-    """A config file or override names an unknown key or has a value of the wrong type."""
+from kanjirec.augment import check_augment_config
+from kanjirec.errors import ConfigError  # defined there so augment.py raises it too; imported from here
 
 
 def default_augment() -> dict[str, float]:
@@ -88,30 +87,51 @@ class TrainConfig:
         return Path(self.out_dir) / (self.run_name or self.model)
 
     def validate(self) -> None:
+        """Raise `ConfigError` naming the key unless every field has a usable value.
+
+        `train` calls this before it creates any file or folder, so a bad value never leaves a
+        half-made run behind."""
         if not self.model:
             raise ConfigError("no model given: pass --model NAME (see `kanjirec models`)")
         if not self.data:
             raise ConfigError("no dataset given: pass --data DIR (a packed dataset)")
+        for name in _FIELDS:  # types first: the range checks below compare numbers
+            setattr(self, name, _coerce(name, getattr(self, name), "config"))
+        for name in ("lr", "weight_decay", "warmup_fraction", "label_smoothing", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"config: {name!r} must be a finite number, got {getattr(self, name)!r}")
         checks = [
-            (self.schedule in ("cosine", "onecycle"), "schedule must be 'cosine' or 'onecycle'"),
-            (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+            ("schedule", self.schedule in ("cosine", "onecycle"), "'cosine' or 'onecycle'"),
+            ("amp", self.amp in ("auto", "bf16", "fp16", "off"), "auto, bf16, fp16 or off"),
             (
-                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                "device: auto|cpu|cuda",
+                "device",
+                self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device),
+                "auto, cpu, cuda or cuda:N",
             ),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be positive"),
-            (self.lr > 0, "lr must be positive"),
-            (0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
-            (self.keep_last >= 1, "keep_last must be at least 1"),
-            (min(self.save_every, self.patience, self.workers, self.synth_per_epoch) >= 0, "counts: >= 0"),
-            (0 <= self.synth_font_fraction <= 1, "synth_font_fraction must lie in [0, 1]"),
-            (self.synth_fonts in ("training", "default"), "synth_fonts must be 'training' or 'default'"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
+            ("patience", self.patience >= 0, "0 (off) or more"),
+            ("workers", self.workers >= 0, "0 or more"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+            ("save_every", self.save_every >= 0, "0 (epoch ends only) or more"),
+            ("keep_last", self.keep_last >= 1, "at least 1"),
+            ("run_name", Path(self.run_name).name == self.run_name, "a plain folder name (no / or ..)"),
+            ("synth_per_epoch", self.synth_per_epoch >= 0, "0 (the train split) or more"),
+            ("synth_font_fraction", 0 <= self.synth_font_fraction <= 1, "in [0, 1]"),
+            ("synth_fonts", self.synth_fonts in ("training", "default"), "'training' or 'default'"),
         ]
-        for ok, message in checks:
+        for name, ok, requirement in checks:
             if not ok:
-                raise ConfigError(f"invalid config: {message}")
+                raise ConfigError(f"config: {name!r} must be {requirement}, got {getattr(self, name)!r}")
+        if not all(isinstance(k, str) and k.isidentifier() for k in self.model_config):
+            raise ConfigError(f"config: model_config keys must be names, got {list(self.model_config)}")
+        check_augment_config(self.augment)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -140,7 +160,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable config ({e})") from e
     try:
         if path.suffix == ".toml":
             raw = tomllib.loads(text)

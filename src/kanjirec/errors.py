@@ -21,5 +21,9 @@ class CheckpointError(KanjirecError):
     """A checkpoint is unreadable or belongs to another model, class list or config."""
 
 
+class ConfigError(KanjirecError, ValueError):
+    """A training config (file, flag or --set item) names an unknown key or has a bad value."""
+
+
 class ModelConfigError(KanjirecError, ValueError):
     """An unknown model name, or a config key the model's constructor does not take."""

@@ -24,7 +24,10 @@ must reproduce PyTorch's logits on a sample batch within ``tolerance``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +45,68 @@ META_PREFIX = "kanjirec."
 
 class ExportError(KanjirecError):
     """The exported graph does not reproduce the PyTorch model."""
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's known, harmless reports, for this export only.
+
+    torch's ONNX registry logs one warning per torchvision operator it skips (we use none, and
+    torchvision is not a dependency); torch's own code raises FutureWarnings about its internal
+    ``LeafSpec`` and ``_check_is_size`` use; nn.LSTM re-assigns its ``_flat_weights`` list while
+    traced (the weights are its registered parameters); the exporter notes that the one "batch"
+    axis name covers several inputs. Whatever the warnings, the export is checked against PyTorch's
+    logits below. Anything else still reaches the user."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for category, message in (
+                (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+                (FutureWarning, r"_check_is_size will be removed in a future PyTorch release"),
+                (
+                    UserWarning,
+                    r"The tensor attributes ([\w.]+\._flat_weights\[\d+\](, )?)+ were assigned during export",
+                ),
+                (UserWarning, r"# The axis name: batch will not be used, since it shares the same shape"),
+            ):
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        registry.setLevel(level)
+
+
+def _trace(model: RecognitionModel | EnsembleModel, image_size: int, opset: int):
+    """The ONNX program of ``model.forward_features`` with a dynamic batch axis, the sample features it
+    was traced with, their input names, and PyTorch's logits on them."""
+    features = model.extract_features(sample_images(3, image_size))
+    names = list(model.feature_names())
+    batch = torch.export.Dim("batch")
+    # One entry for the wrapper's *xs, holding one spec per input.
+    dynamic_shapes = (tuple({0: batch} for _ in features),)
+
+    class _Graph(torch.nn.Module):
+        def __init__(self, inner: RecognitionModel | EnsembleModel) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+            return self.inner.forward_features(*xs)
+
+    with torch.no_grad():
+        expected = model.forward_features(*features).numpy()
+        program = torch.onnx.export(
+            _Graph(model).eval(),
+            tuple(features),
+            input_names=names,
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    return program, features, names, expected
 
 
 def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -86,33 +151,9 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        features = model.extract_features(sample_images(3, image_size))
-        names = list(model.feature_names())
-        batch = torch.export.Dim("batch")
-        # One entry for the wrapper's *xs, holding one spec per input.
-        dynamic_shapes = (tuple({0: batch} for _ in features),)
-
-        class _Graph(torch.nn.Module):
-            def __init__(self, inner: RecognitionModel | EnsembleModel) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-                return self.inner.forward_features(*xs)
-
-        with torch.no_grad():
-            expected = model.forward_features(*features).numpy()
-            program = torch.onnx.export(
-                _Graph(model).eval(),
-                tuple(features),
-                input_names=names,
-                output_names=["logits"],
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-        program.save(str(path))
+        with _quiet_exporter():
+            program, features, names, expected = _trace(model, image_size, opset)
+            program.save(str(path))
     finally:
         model.train(was_training)
 

@@ -128,9 +128,19 @@ class OnnxModel(nn.Module):
             if threads is not None:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
-            self._sessions[threads] = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+            try:
+                self._sessions[threads] = ort.InferenceSession(
+                    str(self.path), options, providers=["CPUExecutionProvider"]
+                )
+            except (
+                ort_errors.Fail,
+                ort_errors.InvalidArgument,
+                ort_errors.InvalidGraph,
+                ort_errors.InvalidProtobuf,
+            ) as e:
+                raise CheckpointError(f"{self.path}: not a loadable ONNX model ({e})") from e
         return self._sessions[threads]
 
     def graph_inputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,6 +243,8 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable ensemble manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: an ensemble manifest is a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") not in (1, VERSION):
         raise CheckpointError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
@@ -249,11 +261,21 @@ def load_ensemble(path: str | Path) -> tuple[EnsembleModel, dict]:
     n = len(manifest["members"])
     weights = _numbers(path, manifest, "weights", n)
     temperatures = _numbers(path, manifest, "temperatures", n) if "temperatures" in manifest else [1.0] * n
+    classes = manifest["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: field 'classes' must be a non-empty list of characters")
     members = []
-    for m in manifest["members"]:
+    for k, m in enumerate(manifest["members"]):
+        if not isinstance(m, dict) or not isinstance(m.get("path"), str) or not m["path"]:
+            raise CheckpointError(f"{path}: member {k} must be an object with a 'path' string, got {m!r}")
         member_path = (path.parent / m["path"]).resolve()
+        name = m.get("name", m["path"])
         if not member_path.exists():
-            raise CheckpointError(f"{path}: member {m['name']!r} not found at {member_path}")
+            raise CheckpointError(f"{path}: member {name!r} not found at {member_path}")
+        if is_ensemble_file(member_path):  # also what would make a manifest list itself, endlessly
+            raise CheckpointError(
+                f"{path}: member {name!r} at {member_path} is itself an ensemble; list its members instead"
+            )
         lm = load_any(member_path)
         if lm.classes != manifest["classes"]:
             raise CheckpointError(

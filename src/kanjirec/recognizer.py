@@ -5,6 +5,10 @@ exported .onnx file, an ensemble manifest); without a path, the model that ships
 
 Any image is brought to the project's convention before the graph runs:
 
+0. size: a file is read with ``data.preprocess.open_image`` (over ``MAX_IMAGE_PIXELS`` it is
+   refused, as is an image or array passed in); an image whose longer side exceeds 8 times the
+   model's input side is box-averaged down by a whole factor (``Image.reduce``) first, so that
+   nothing below works on more than (8 x 64)^2 pixels whatever the input;
 1. grey: RGB(A) is converted to luminance; transparent pixels take the background colour
    (white under dark ink, black under bright ink);
 2. polarity: if the median of the image's border is bright, the image is inverted, so the
@@ -17,6 +21,7 @@ Any image is brought to the project's convention before the graph runs:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +32,36 @@ from kanjirec.errors import KanjirecError
 from kanjirec.inference import inference_copy, torch_threads
 from kanjirec.loading import LoadedModel, OnnxModel, load_any
 
+# Images are reduced to at most this many times the model's input side before any other work:
+# enough to crop a character filling an eighth of the frame at full detail; normalising at full
+# resolution pooled with a kernel of ~150 pixels on a 9000-pixel image and took minutes.
+WORKING_SIDE_FACTOR = 8
+
 
 class RecognizerError(KanjirecError):
     """An image cannot be read or is not an image array."""
 
 
-def _grey(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
-    """Any supported image -> (H, W) uint8 grey, in its original polarity."""
+def _reduced(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` box-averaged by the smallest whole factor that brings its longer side to ``max_side``."""
+    factor = math.ceil(max(image.size) / max_side)
+    if factor <= 1:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # the modes Image.reduce takes
+        has_alpha = image.mode in ("PA", "La", "RGBa") or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB" if image.mode in ("P", "CMYK", "YCbCr") else "L")
+    return image.reduce(factor)
+
+
+def _grey(image: str | Path | Image.Image | np.ndarray, max_side: int) -> np.ndarray:
+    """Any supported image -> (H, W) uint8 grey, in its original polarity, longer side <= ``max_side``."""
+    from kanjirec.data.preprocess import check_image_size, open_image  # torch: imported on first use
+
     if isinstance(image, (str, Path)):
-        try:
-            image = Image.open(image)
-            image.load()
-        # Pillow reports a corrupt or unknown file as OSError, SyntaxError or ValueError, an oversized
-        # one as DecompressionBombError.
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise RecognizerError(f"{image}: cannot read image: {e}") from e
+        image = open_image(image)
     if isinstance(image, Image.Image):
+        check_image_size(image.width, image.height, "image")
+        image = _reduced(image, max_side)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
             grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -52,22 +71,25 @@ def _grey(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
             return np.round(grey * alpha + background * (1 - alpha)).astype(np.uint8)
         return np.asarray(image.convert("L"))
     array = np.asarray(image)
+    if array.ndim in (2, 3):
+        check_image_size(array.shape[1], array.shape[0], f"image array {array.shape}")
     if array.ndim == 3 and array.shape[2] in (3, 4):
         array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     elif array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim != 2:
+    if array.ndim != 2 or array.size == 0:
         raise RecognizerError(f"expected a (H, W), (1, H, W) or (H, W, 3|4) image array, got {array.shape}")
     if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
         array = array * 255.0
-    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+    grey = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    return np.asarray(_reduced(Image.fromarray(grey), max_side)) if max(grey.shape) > max_side else grey
 
 
 def to_convention(image: str | Path | Image.Image | np.ndarray, size: int = 64) -> np.ndarray:
     """Any image -> (size, size) uint8, ink 255 on 0, contrast-normalised, cropped and centred."""
     from kanjirec.data.preprocess import normalize_images
 
-    grey = _grey(image)
+    grey = _grey(image, WORKING_SIDE_FACTOR * size)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) > 127:
         grey = 255 - grey

@@ -138,6 +138,15 @@ def _resize_chunk(x: torch.Tensor, size: int, crop: bool, margin: int) -> torch.
     return (out[:, 0] * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def check_image_size(width: int, height: int, source: str | Path) -> None:
+    """Raise `ImageInputError` naming ``source`` if a width x height image exceeds `MAX_IMAGE_PIXELS`."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageInputError(
+            f"{source}: {width} x {height} pixels ({width * height / 1e6:,.0f} megapixels) is over the limit "
+            f"of {MAX_IMAGE_PIXELS // 1_000_000} megapixels; scale it down first"
+        )
+
+
 def open_image(path: str | Path) -> Image.Image:
     """The image file at ``path``, decoded; ImageInputError naming the file if it is missing, not an
     image, truncated or damaged, or larger than MAX_IMAGE_PIXELS (checked before decoding)."""
@@ -166,13 +175,11 @@ def _open_checked(path: Path) -> Image.Image:
         raise ImageInputError(f"{path}: not an image file Pillow can read (PNG, JPEG, BMP, TIFF, ...)") from e
     except Exception as e:
         raise ImageInputError(f"{path}: not a readable image ({e})") from e
-    width, height = im.size
-    if width * height > MAX_IMAGE_PIXELS:
+    try:
+        check_image_size(*im.size, path)
+    except ImageInputError:
         im.close()
-        raise ImageInputError(
-            f"{path}: {width} x {height} pixels ({width * height / 1e6:,.0f} megapixels) is over {limit}; "
-            f"scale it down first"
-        )
+        raise
     try:
         im.load()
     except Exception as e:

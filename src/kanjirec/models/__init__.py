@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 
 from kanjirec.errors import ModelConfigError
@@ -70,6 +71,29 @@ def _config_keys(cls: type[RecognitionModel]) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k not in ("self", "num_classes", "classes")}
 
 
+def _check_config_type(name: str, key: str, value: object, default: object) -> None:
+    """A model keyword argument must have the kind of its default: the constructor's signature is the
+    definition (an int is accepted for a float, a list for a tuple)."""
+    if default is None or default is inspect.Parameter.empty:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list)) and all(
+            isinstance(v, type(d)) and not isinstance(v, bool) for v in value for d in default[:1]
+        )
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ModelConfigError(
+            f"model {name!r}: config key {key!r} must be like its default {default!r}, got {value!r}"
+        )
+
+
 def create_model(
     name: str, num_classes: int, classes: list[str] | None = None, **config: object
 ) -> RecognitionModel:
@@ -84,12 +108,17 @@ def create_model(
         raise ModelConfigError(
             f"model {name!r} got unknown config key(s) {', '.join(unknown)}; accepted: {', '.join(keys)}"
         )
+    for key, value in config.items():
+        _check_config_type(name, key, value, keys[key].default)
     if classes is not None and len(classes) != num_classes:
         raise ValueError(f"classes has {len(classes)} entries but num_classes is {num_classes}")
-    if "classes" in inspect.signature(cls.__init__).parameters:
-        model = cls(num_classes, classes=classes, **config)
-    else:
-        model = cls(num_classes, **config)
+    try:
+        if "classes" in inspect.signature(cls.__init__).parameters:
+            model = cls(num_classes, classes=classes, **config)
+        else:
+            model = cls(num_classes, **config)
+    except (TypeError, ValueError, RuntimeError) as e:  # a value the constructor or torch refuses
+        raise ModelConfigError(f"model {name!r} cannot be built with {config} ({e})") from e
     resolved = {k: p.default for k, p in keys.items() if p.default is not inspect.Parameter.empty}
     resolved.update(config)
     # Tuples become lists so the config round-trips through JSON unchanged.
