@@ -27,7 +27,7 @@ FIXED_LOGITS = "fixed_logits_for_tests"
 # Small configurations of every registered model, for tests that build each one.
 SMALL = {
     "cnn": dict(channels=(8, 16, 16, 32), head_hidden=32),
-    "mobile_cnn": dict(stem=8, stages=((16, 1), (32, 1)), embedding=16),
+    "mobile_cnn": dict(stem=8, stages=[[16, 1], [32, 1]], embedding=16),
     "basic_rnn": dict(hidden_size=16),
     "stroke_rnn": dict(hidden_size=16, num_heads=4, head_hidden=16),
     "hybrid_cnn_rnn": dict(channels=(8, 16, 16, 32), global_dim=16, hidden_size=16, head_hidden=16),

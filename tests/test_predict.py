@@ -95,7 +95,7 @@ def test_folders_globs_and_a_bad_file_among_good_ones(reader_run, samples, tmp_p
     assert [line.split("\t")[1].split()[0] for line in lines] == chars[:3]
     assert len(lines[0].split("\t")[1].split()) == 2 * len(READ_CHARS)  # top 10 of 4 classes: all 4
     assert status == 2
-    assert f"{folder / 'broken.png'}: cannot read image" in err and "1 of 4 inputs" in err
+    assert f"{folder / 'broken.png'}: not an image file Pillow can read" in err and "1 of 4 inputs" in err
 
     status, out, err = _run(
         capsys, str(folder / "[01].png"), str(tmp_path / "none*.png"), "--model", reader_run

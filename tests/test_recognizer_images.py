@@ -42,14 +42,14 @@ def test_images_over_the_pixel_limit_are_refused_naming_the_file(width, height, 
     path = tmp_path / f"huge-{width}.png"
     png_header_only(path, width, height)
     with pytest.raises(
-        ImageInputError, match=rf"huge-{width}\.png: image .*over the limit of 40,000,000 pixels"
+        ImageInputError, match=rf"huge-{width}\.png: .*megapixels.* is over the limit of 40 megapixels"
     ):
         to_convention(path)
 
 
 def test_arrays_and_pil_images_over_the_limit_are_refused_too():
     side = int(MAX_IMAGE_PIXELS**0.5) + 1
-    with pytest.raises(ImageInputError, match=r"over the limit of 40,000,000 pixels"):
+    with pytest.raises(ImageInputError, match=r"over the limit of 40 megapixels"):
         to_convention(np.zeros((side, side), np.uint8))
     with pytest.raises(ImageInputError, match=r"over the limit"):
         to_convention(Image.new("1", (side, side)))
@@ -91,15 +91,15 @@ def test_small_images_are_not_reduced(monkeypatch):
 def test_non_images_and_damaged_files_are_refused_naming_the_file(tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image", encoding="utf-8")
-    with pytest.raises(ImageInputError, match=r"notes\.png: not a readable image"):
+    with pytest.raises(ImageInputError, match=r"notes\.png: not an image file Pillow can read"):
         open_image(text)
-    with pytest.raises(ImageInputError, match=r"missing\.png: not a readable image"):
+    with pytest.raises(ImageInputError, match=r"missing\.png: no such image file"):
         to_convention(tmp_path / "missing.png")
     good = tmp_path / "good.png"
     cross(300, 200).save(good)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:400])
-    with pytest.raises(ImageInputError, match=r"truncated\.png: cannot decode the image"):
+    with pytest.raises(ImageInputError, match=r"truncated\.png: truncated or damaged PNG image"):
         to_convention(truncated)
     assert open_image(good).size == (300, 200)
     with pytest.raises(RecognizerError, match="image array"):

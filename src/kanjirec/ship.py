@@ -120,9 +120,16 @@ def _history(lm) -> dict:
         "train_time_s": float(sum(h.get("epoch_time_s", 0) for h in hist)),
         "synth_per_epoch": config.get("synth_per_epoch"),
         "synth_font_fraction": config.get("synth_font_fraction"),
+        # Runs from before the choice existed drew from the eight default faces.
+        "synth_fonts": config.get("synth_fonts", "default"),
+        "val_top1_by_epoch": [round(h.get("val_acc", 0.0), 4) for h in hist],
         "best_val_top1": max((h.get("val_acc", 0.0) for h in hist), default=None),
         "device": "cpu",
     }
+
+
+def _rising(values: list[float]) -> bool:
+    return len(values) > 1 and values[-1] >= max(values)
 
 
 def _pct(x: float) -> str:
@@ -156,11 +163,18 @@ def model_card(m: dict) -> str:
         "  random writer: pen and brush hands, hairline to heavier than bold, writer geometry, semi-cursive",
         "  joins. Brush hands that are also strongly semi-cursive are held out of training (the",
         "  `brush-cursive` family below).",
-        f"- Print faces for {100 * (t.get('synth_font_fraction') or 0):.0f}% of samples (the training faces",
-        "  of `kanjirec.data.fonts`; held-out families are never used).",
+        f"- Print faces for {100 * (t.get('synth_font_fraction') or 0):.0f}% of samples: "
+        + (
+            "the eight default faces (Noto Sans/Serif CJK JP and IPA/IPAex Gothic/Mincho, Regular and Bold)."
+            if t.get("synth_fonts") == "default"
+            else "every training face of `kanjirec.data.fonts` (docs/FONTS.md)."
+        ),
+        "  No face of a held-out family was used.",
         f"- Samples rendered afresh every epoch: {t['epochs']} epochs of {t.get('synth_per_epoch') or 0:,}",
         f"  samples, about {t['samples_seen']:,} seen in {t['train_time_s'] / 3600:.1f} h on a 2-core CPU",
-        "  (no GPU was available): far from converged.",
+        "  (no GPU was available). Validation top-1 by epoch (a synthetic split): "
+        + ", ".join(f"{100 * v:.1f}%" for v in t["val_top1_by_epoch"])
+        + ("; still rising at the last epoch." if _rising(t["val_top1_by_epoch"]) else "."),
         "",
         "## Figures (measured by `kanjirec ship`)",
         "",

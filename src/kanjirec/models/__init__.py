@@ -71,23 +71,25 @@ def _config_keys(cls: type[RecognitionModel]) -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k not in ("self", "num_classes", "classes")}
 
 
+def _like(value: object, default: object) -> bool:
+    """``value`` has the kind of ``default`` (an int passes for a float, a list for a tuple, at any depth)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and all(_like(v, d) for v in value for d in default[:1])
+    return isinstance(value, type(default))
+
+
 def _check_config_type(name: str, key: str, value: object, default: object) -> None:
     """A model keyword argument must have the kind of its default: the constructor's signature is the
     definition (an int is accepted for a float, a list for a tuple)."""
     if default is None or default is inspect.Parameter.empty:
         return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list)) and all(
-            isinstance(v, type(d)) and not isinstance(v, bool) for v in value for d in default[:1]
-        )
-    else:
-        ok = isinstance(value, type(default))
+    ok = _like(value, default)
     if not ok:
         raise ModelConfigError(
             f"model {name!r}: config key {key!r} must be like its default {default!r}, got {value!r}"
