@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 500  # checkpoint every N steps (and at every epoch end); 0: epoch ends only
     keep_last: int = 3  # step checkpoints kept besides best.pt
+    init_weights: str = ""  # a checkpoint whose weights start the run (fine-tuning); empty: random init
     augment: dict[str, float] = field(default_factory=default_augment)
     model_config: dict[str, Any] = field(default_factory=dict)
 
