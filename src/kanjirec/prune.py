@@ -123,6 +123,29 @@ def _lstm(old: nn.LSTM, new: nn.LSTM, inputs: torch.Tensor) -> torch.Tensor:
     return inputs
 
 
+def _attention(old: nn.MultiheadAttention, new: nn.MultiheadAttention, inputs, next_weight) -> torch.Tensor:
+    """Copy the kept query/key and value dimensions of every head and the kept outputs (scored with
+    ``next_weight``, the layer reading them); returns the kept outputs."""
+    e, heads = old.embed_dim, old.num_heads
+    d, d_new = e // heads, new.embed_dim // heads
+    w, b = old.in_proj_weight, old.in_proj_bias
+    qk, v = [], []
+    for head in range(heads):
+        span = torch.arange(head * d, (head + 1) * d)
+        qk.append(span[_top(w[span].norm(dim=1) * w[e + span].norm(dim=1), d_new)])
+        v.append(span[_top(w[2 * e + span].norm(dim=1) * old.out_proj.weight[:, span].norm(dim=0), d_new)])
+    qk, v = torch.cat(qk), torch.cat(v)
+    rows = torch.cat([qk, e + qk, 2 * e + v])
+    # Attention divides q.k by sqrt(head width): scaling q keeps the kept terms' logits as they were.
+    scale = torch.ones(len(rows))
+    scale[: len(qk)] = (d_new / d) ** 0.5
+    _copy(new.in_proj_weight, w[rows][:, inputs] * scale[:, None])
+    _copy(new.in_proj_bias, b[rows] * scale)
+    out = _top(old.out_proj.weight.norm(dim=1) * next_weight.norm(dim=0), new.embed_dim)
+    _linear(old.out_proj, new.out_proj, v, out)
+    return out
+
+
 # ---------------------------------------------------------------- the families
 
 
@@ -209,6 +232,26 @@ def _prune_radical_rnn(old, new) -> None:
     _linear(old.head[1], new.head[1], _lstm(old.lstm, new.lstm, embed), None)
 
 
+def _prune_stroke(old, new) -> None:
+    first = torch.cat([old.lstm.forward_lstms[0].weight_ih_l0, old.lstm.backward_lstms[0].weight_ih_l0])
+    embed = _hidden_units(old.embed[0], first, new.embed[0].out_features)
+    _linear(old.embed[0], new.embed[0], None, embed)
+    inputs, hidden = embed, old.lstm.forward_lstms[0].hidden_size
+    for layers in zip(
+        old.lstm.forward_lstms,
+        old.lstm.backward_lstms,
+        new.lstm.forward_lstms,
+        new.lstm.backward_lstms,
+        strict=True,
+    ):
+        f_old, b_old, f_new, b_new = layers
+        inputs = torch.cat([_lstm(f_old, f_new, inputs), hidden + _lstm(b_old, b_new, inputs)])
+    out = _attention(old.attention, new.attention, inputs, old.head[1].weight)
+    units = _hidden_units(old.head[1], old.head[4].weight, new.head[1].out_features)
+    _linear(old.head[1], new.head[1], out, units)
+    _linear(old.head[4], new.head[4], units, None)
+
+
 # The widths each family's pruner narrows (config keys), and the pruner copying the kept slices.
 PRUNERS: dict[str, tuple[tuple[str, ...], Callable[[nn.Module, nn.Module], None]]] = {
     "cnn": (("channels", "head_hidden"), _prune_cnn),
@@ -216,6 +259,7 @@ PRUNERS: dict[str, tuple[tuple[str, ...], Callable[[nn.Module, nn.Module], None]
     "basic_rnn": (("embed_dim", "hidden_size"), _prune_basic_rnn),
     "radical_attn_rnn": (("channels", "embed_dim", "hidden_size"), _prune_radical_attn),
     "radical_rnn": (("channels", "detector_hidden", "embed_dim", "hidden_size"), _prune_radical_rnn),
+    "stroke_rnn": (("hidden_size", "head_hidden"), _prune_stroke),
 }
 
 
@@ -231,7 +275,12 @@ def prune_model(model: RecognitionModel, amount: float) -> RecognitionModel:
         raise PruneError(f"{model.name}: the model carries no class list (build it with classes=...)")
     keys, copy_slices = PRUNERS[model.name]
     config = _scaled(model.config, amount, keys)
-    pruned = create_model(model.name, model.num_classes, classes=list(model.classes), **config)
+    try:
+        pruned = create_model(model.name, model.num_classes, classes=list(model.classes), **config)
+    except (AssertionError, ValueError) as e:  # e.g. attention heads that no longer divide the width
+        raise PruneError(
+            f"{model.name} pruned by {amount}: the narrower config {config} is invalid ({e})"
+        ) from e
     model.eval()
     with torch.no_grad():
         copy_slices(model, pruned)
