@@ -158,3 +158,27 @@ def test_prune_rejects_a_bad_amount() -> None:
     model = create_model("cnn", 4, classes=list("明林語川"), **SMALL["cnn"])
     with pytest.raises(PruneError, match="between 0 and 1"):
         prune_model(model, 1.5)
+
+
+def test_pruning_removes_exactly_the_dead_units() -> None:
+    # Half the channels of every conv (batch norm scale and shift 0: they output 0 after ReLU) and
+    # half the head's hidden units are dead: pruning half of every width must drop exactly those,
+    # reading every kept weight from the right place, so the logits do not change.
+    torch.manual_seed(0)
+    model = create_model("cnn", 4, classes=list("明林語川"), **SMALL["cnn"]).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] + [model.head[2]]
+        for layer in layers:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.normal_(generator=generator)
+                layer.running_var.uniform_(0.5, 2.0, generator=generator)
+            width = layer.weight.shape[0]
+            dead = torch.randperm(width, generator=generator)[: width // 2]
+            layer.weight[dead] = 0.0
+            layer.bias[dead] = 0.0
+    images = (torch.rand(3, 1, 64, 64, generator=generator) > 0.7).to(torch.uint8) * 255
+    pruned = prune_model(model, 0.5)
+    assert pruned.config["channels"] == [4, 8, 8, 16] and pruned.config["head_hidden"] == 16
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(images), model(images), atol=1e-5, rtol=0)
