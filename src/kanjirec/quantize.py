@@ -22,9 +22,13 @@ why for each and nothing is written.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +67,7 @@ def quantize_onnx(
     if mode not in QUANT_MODES:
         raise ValueError(f"unknown INT8 mode {mode!r}; use one of {', '.join(QUANT_MODES)}")
     fp32, out = Path(fp32), Path(out)
-    with tempfile.TemporaryDirectory(prefix="kanjirec-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kanjirec-int8-") as tmp, _quiet_quantizer():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
         if mode == "dynamic":
@@ -101,6 +105,21 @@ def quantize_onnx(
             proto.metadata_props.add(key=entry.key, value=entry.value)
     onnx.save(proto, str(out))
     return out
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs to the root logger (e.g. each int64 shape tensor it leaves in float, with
+    its whole type proto) and warns through `warnings`; users see our table, not those."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
 
 
 @dataclass
