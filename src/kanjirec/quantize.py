@@ -1,13 +1,15 @@
 """INT8 with ONNX Runtime's quantizer, measured against the fp32 export it came from.
 
-Three ways to quantize a kanjirec ONNX file (``QUANT_MODES``), all with int8 weights per output
+Four ways to quantize a kanjirec ONNX file (``QUANT_MODES``), all with int8 weights per output
 channel:
 
     static-qdq   activations uint8 with ranges calibrated on training images; the graph holds
                  QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels
     static-qop   the same calibration, written as QLinearConv / QGemm / QLinearMatMul operators
     dynamic      activations quantized per batch at run time; covers MatMul/Gemm and LSTM
-                 (DynamicQuantizeLSTM), which static quantization leaves in float
+                 (DynamicQuantizeLSTM), which static quantization leaves in float; convolutions
+                 become ConvInteger, which ONNX Runtime runs far slower than QLinearConv
+    static-lstm  static-qdq, then dynamic for the LSTMs only (tried for graphs that have one)
 
 The exporter already folds every BatchNormalization into its convolution (the traced graph holds
 no BatchNormalization node), and ``quant_pre_process`` runs ONNX Runtime's graph optimizer and
@@ -36,7 +38,7 @@ import numpy as np
 
 from kanjirec.errors import KanjirecError
 
-QUANT_MODES = ("static-qdq", "static-qop", "dynamic")
+QUANT_MODES = ("static-qdq", "static-qop", "dynamic", "static-lstm")
 CALIBRATION_BATCH = 32
 
 
@@ -88,15 +90,20 @@ def quantize_onnx(
                 def get_next(self) -> dict | None:
                     return next(self.batches, None)
 
+            static = Path(tmp) / "static.onnx" if mode == "static-lstm" else out
             quantize_static(
                 prepared,
-                out,
+                static,
                 Reader(),
-                quant_format=QuantFormat.QDQ if mode == "static-qdq" else QuantFormat.QOperator,
+                quant_format=QuantFormat.QOperator if mode == "static-qop" else QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )
+            if mode == "static-lstm":
+                quantize_dynamic(
+                    static, out, op_types_to_quantize=["LSTM"], per_channel=True, weight_type=QuantType.QInt8
+                )
     # The quantizer keeps metadata_props today; set them again so a change there cannot lose them.
     source, proto = onnx.load(str(fp32)), onnx.load(str(out))
     kept = {p.key for p in proto.metadata_props}
@@ -214,6 +221,10 @@ def quantize_and_check(
         if any(m.startswith("static") for m in modes)
         else None
     )
+    if "static-lstm" in modes and not _has_lstm(fp32):
+        modes = tuple(m for m in modes if m != "static-lstm")  # it would be static-qdq again
+        if not modes:
+            raise Int8Refused(f"{fp32}: the graph has no LSTM for static-lstm to quantize dynamically")
     with tempfile.TemporaryDirectory(prefix="kanjirec-int8-") as tmp:
         paths = {"fp32": fp32}
         for mode in modes:
@@ -238,6 +249,12 @@ def quantize_and_check(
         _write_atomically(chosen.path, out)
         chosen.path = out
     return base, candidates, chosen
+
+
+def _has_lstm(path: Path) -> bool:
+    import onnx
+
+    return any(node.op_type == "LSTM" for node in onnx.load(str(path)).graph.node)
 
 
 def int8_faults(base: Measurement, m: Measurement, max_loss: float) -> list[str]:
