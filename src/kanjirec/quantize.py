@@ -99,6 +99,9 @@ def quantize_onnx(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                # Logits squeezed into 256 levels tie and swap the top classes: a 60-class cnn kept
+                # fp32's top-1 on 96% of images with quantized Gemm outputs, 99% with float ones.
+                extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
             )
             if mode == "static-lstm":
                 quantize_dynamic(
