@@ -17,6 +17,9 @@ The default opset is 18: torch 2.13's exporter implements opset 18 and up, and i
 to 17 fails on several of our graphs (ReduceMean/ReduceMax axes), so an opset the written file
 does not carry raises ``ExportError`` rather than passing silently.
 
+``export_run`` is ``kanjirec export``: optionally prune and fine-tune first (``prune.py``), then
+write fp32, or INT8 if it passes the checks of ``quantize.py``.
+
 ``Recognizer`` (recognizer.py) reads these. After writing, the export is checked: ONNX Runtime
 must reproduce PyTorch's logits on a sample batch within ``tolerance``.
 """

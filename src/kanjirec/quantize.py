@@ -11,9 +11,11 @@ channel:
                  become ConvInteger, which ONNX Runtime runs far slower than QLinearConv
     static-lstm  static-qdq, then dynamic for the LSTMs only (tried for graphs that have one)
 
-The exporter already folds every BatchNormalization into its convolution (the traced graph holds
-no BatchNormalization node), and ``quant_pre_process`` runs ONNX Runtime's graph optimizer and
-shape inference before quantizing, as its quantizer expects.
+In the static modes the outputs of Gemm nodes (the logits among them) stay float: quantized to
+256 levels, close logits tie and the top classes swap. The exporter already folds every
+BatchNormalization into its convolution (the traced graph holds none), and ``quant_pre_process``
+runs ONNX Runtime's graph optimizer and shape inference before quantizing, as its quantizer
+expects.
 
 Which mode is fastest depends on the model and the CPU, so ``quantize_and_check`` measures:
 every candidate's batch-1 one-thread latency and batch-64 throughput in ONNX Runtime, then the
