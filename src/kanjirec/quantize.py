@@ -233,9 +233,16 @@ def quantize_and_check(
             raise Int8Refused(f"{fp32}: the graph has no LSTM for static-lstm to quantize dynamically")
     with tempfile.TemporaryDirectory(prefix="kanjirec-int8-") as tmp:
         paths = {"fp32": fp32}
+        failed = []
         for mode in modes:
             log(f"quantizing ({mode}) ...")
-            paths[mode] = quantize_onnx(fp32, Path(tmp) / f"{mode}.onnx", mode, calibration)
+            try:
+                paths[mode] = quantize_onnx(fp32, Path(tmp) / f"{mode}.onnx", mode, calibration)
+            except Exception as e:  # the quantizer's own failure on a graph: that mode is out, said so
+                failed.append(f"{mode}: ONNX Runtime's quantizer failed ({type(e).__name__}: {e})")
+                log(failed[-1])
+        if len(paths) == 1:
+            raise Int8Refused(f"no INT8 model written to {out}: {'; '.join(failed)}")
         log("measuring speed ...")
         found = measure_speed_onnx(paths, speed_images(data))
         base = found.pop("fp32")
@@ -250,7 +257,7 @@ def quantize_and_check(
             chosen = None if m.refused else m
         log(int8_table(base, candidates))
         if chosen is None:
-            reasons = "; ".join(f"{m.label}: {', '.join(m.refused)}" for m in candidates)
+            reasons = "; ".join([f"{m.label}: {', '.join(m.refused)}" for m in candidates] + failed)
             raise Int8Refused(f"no INT8 model written to {out}: {reasons}")
         _write_atomically(chosen.path, out)
         chosen.path = out
