@@ -51,7 +51,7 @@ def _shapes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[str]]:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A small cnn trained for a few epochs on the five shapes: (run folder, dataset folder)."""
+    """A small cnn trained for two epochs on the five shapes: (run folder, dataset folder)."""
     root = tmp_path_factory.mktemp("quantize")
     images, chars = _shapes(np.random.default_rng(0), 300)
     writer = DatasetWriter(root / "ds", image_size=64)
@@ -61,12 +61,12 @@ def trained_run(tmp_path_factory):
         model="cnn",
         data=str(data),
         out_dir=str(root / "runs"),
-        epochs=3,
+        epochs=2,
         batch_size=32,
         lr=3e-3,
         workers=0,
         augment={},
-        model_config=dict(channels=[8, 16, 16, 32], head_hidden=32),
+        model_config=dict(channels=[8, 16, 16, 32], convs_per_block=1, head_hidden=32),
     )
     torch.manual_seed(0)
     train(config, resume="none")
