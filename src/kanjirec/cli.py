@@ -498,23 +498,62 @@ def _add_bench_serve(bsub: argparse._SubParsersAction) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from kanjirec.export import export_onnx
-    from kanjirec.loading import load_any
+    from kanjirec.export import export_run
 
-    loaded = load_any(a.run)
-    out = export_onnx(loaded.model, a.out, classes=loaded.classes)
-    name = loaded.name if loaded.kind == "ensemble" else loaded.kind
-    print(f"wrote {out} ({name}, {len(loaded.classes):,} classes; ONNX Runtime matches PyTorch)")
+    export_run(
+        a.run,
+        a.out,
+        int8=a.int8,
+        int8_modes=a.int8_mode,
+        max_loss=a.max_loss,
+        prune=a.prune,
+        finetune_epochs=a.finetune_epochs,
+        finetune_lr=a.finetune_lr,
+        data=a.data,
+        calibration_samples=a.calibration_samples,
+    )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
+    from kanjirec.quantize import QUANT_MODES
+
     p = sub.add_parser(
-        "export", help="export a trained model or an ensemble to ONNX (checked against PyTorch)"
+        "export",
+        help="export a trained model or an ensemble to ONNX (checked against PyTorch), "
+        "optionally pruned and INT8",
     )
     p.add_argument(
         "run", type=Path, help="a run directory, a checkpoint file or an ensemble manifest (.json)"
     )
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="write the INT8 model (ONNX Runtime quantizer), only if it is as fast as fp32 and loses "
+        "at most --max-loss points of test top-1; prints size, latency, throughput and top-1 of both",
+    )
+    p.add_argument(
+        "--int8-mode",
+        nargs="+",
+        choices=QUANT_MODES,
+        help="INT8 kinds to try (default: all; the fastest that passes is written)",
+    )
+    p.add_argument("--max-loss", type=float, default=1.0, help="top-1 points INT8 may lose (default 1)")
+    p.add_argument(
+        "--prune",
+        type=float,
+        metavar="AMOUNT",
+        help="remove this fraction (0-1) of every channel / hidden width, then fine-tune in a run "
+        "folder <run>-pruned<percent> next to the run; prints size, speed and top-1 before and after",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning")
+    p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: the run's / 10)")
+    p.add_argument(
+        "--data", type=Path, help="packed dataset to calibrate and measure on (default: the run's)"
+    )
+    p.add_argument(
+        "--calibration-samples", type=int, default=256, help="training images for static INT8 calibration"
+    )
     p.set_defaults(func=_export)
 
 

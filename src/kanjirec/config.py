@@ -76,6 +76,7 @@ class TrainConfig:
     synth_per_epoch: int = 0
     synth_font_fraction: float = 0.2  # of fresh samples drawn from print faces
     synth_fonts: str = "training"  # training: every installed training face | default: the 8 default faces
+    init_weights: str = ""  # a checkpoint whose weights start the run (fine-tuning); empty: random init
     augment: dict[str, float] = field(default_factory=default_augment)
     model_config: dict[str, Any] = field(default_factory=dict)
 

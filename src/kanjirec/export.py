@@ -17,6 +17,9 @@ The default opset is 18: torch 2.13's exporter implements opset 18 and up, and i
 to 17 fails on several of our graphs (ReduceMean/ReduceMax axes), so an opset the written file
 does not carry raises ``ExportError`` rather than passing silently.
 
+``export_run`` is ``kanjirec export``: optionally prune and fine-tune first (``prune.py``), then
+write fp32, or INT8 if it passes the checks of ``quantize.py``.
+
 ``Recognizer`` (recognizer.py) reads these. After writing, the export is checked: ONNX Runtime
 must reproduce PyTorch's logits on a sample batch within ``tolerance``.
 """
@@ -179,3 +182,89 @@ def export_onnx(
     if error > tolerance:
         raise ExportError(f"{path}: ONNX Runtime logits differ from PyTorch by {error:.2e} (> {tolerance})")
     return path
+
+
+def export_run(
+    source: str | Path,
+    out: str | Path,
+    *,
+    int8: bool = False,
+    int8_modes: Sequence[str] | None = None,
+    max_loss: float = 1.0,
+    prune: float | None = None,
+    finetune_epochs: int = 2,
+    finetune_lr: float | None = None,
+    data: str | Path | None = None,
+    calibration_samples: int = 256,
+    log=print,
+) -> Path:
+    """``kanjirec export``: a run, checkpoint or ensemble manifest -> one ONNX file at ``out``.
+
+    ``prune``: first remove that fraction of every width (`prune.prune_and_finetune`, which
+    fine-tunes in a run folder of its own) and report size, speed and top-1 before and after.
+    ``int8``: write the INT8 model instead of fp32, if it is as fast and loses at most
+    ``max_loss`` points (`quantize.quantize_and_check`; else `quantize.Int8Refused`, nothing
+    written). Both measure on ``data`` (default: the dataset the run trained on)."""
+    import tempfile
+
+    from kanjirec.loading import is_ensemble_file, load_ensemble
+
+    out = Path(out)
+    if is_ensemble_file(source):
+        if prune is not None:
+            raise ExportError(f"{source}: an ensemble is not pruned; prune its members' runs")
+        model, info = load_ensemble(source)
+        name, classes, trained_on = info["name"], info["classes"], None
+    else:
+        from kanjirec.checkpoint import load_model
+
+        model, ckpt = load_model(source)
+        name, classes, trained_on = ckpt.model_name, ckpt.classes, ckpt.config.get("data")
+    data = data or trained_on
+    if (int8 or prune is not None) and not data:
+        raise ExportError(f"{source}: INT8 and pruning are measured on a dataset; pass --data DIR")
+    if prune is None and not int8:
+        export_onnx(model, out, classes=classes)
+        log(f"wrote {out} ({name}, {len(classes):,} classes; ONNX Runtime matches PyTorch)")
+        return out
+
+    from kanjirec.quantize import (
+        QUANT_MODES,
+        measure_speed_onnx,
+        measurement_table,
+        quantize_and_check,
+        speed_images,
+        split_top1,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="kanjirec-export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx" if int8 else out
+        if prune is not None:
+            from kanjirec.checkpoint import load_model
+            from kanjirec.prune import prune_and_finetune
+
+            before = export_onnx(model, Path(tmp) / "unpruned.onnx", classes=classes)
+            run = prune_and_finetune(
+                source, prune, epochs=finetune_epochs, lr=finetune_lr, data=data, log=log
+            )
+            model = load_model(run)[0]
+            export_onnx(model, fp32, classes=classes)
+            found = measure_speed_onnx({"unpruned": before, f"pruned {prune:.0%}": fp32}, speed_images(data))
+            for m in found.values():
+                m.top1 = split_top1(m.path, data)
+            log(measurement_table(list(found.values())))
+        else:
+            export_onnx(model, fp32, classes=classes)
+        if int8:
+            modes = tuple(int8_modes or QUANT_MODES)
+            quantize_and_check(
+                fp32,
+                out,
+                data,
+                modes=modes,
+                max_loss=max_loss,
+                calibration_samples=calibration_samples,
+                log=log,
+            )
+    log(f"wrote {out} ({name}{f', pruned {prune:.0%}' if prune else ''}{', INT8' if int8 else ''})")
+    return out

@@ -295,6 +295,23 @@ def write_results(run_dir: Path, history: list[dict], title: str) -> None:
     plot_training_curves(history, results / "training_curves.png", title=title)
 
 
+def load_initial_weights(model: nn.Module, config: TrainConfig, classes: list[str]) -> None:
+    """Start a fresh run from ``config.init_weights`` (e.g. a pruned model to fine-tune).
+
+    The checkpoint must hold this run's model, config and class list; weights load strictly."""
+    from kanjirec.checkpoint import load_model
+
+    source, info = load_model(config.init_weights)
+    wanted = (config.model, list(classes), config.model_config)
+    if (info.model_name, info.classes, info.model_config) != wanted:
+        raise ConfigError(
+            f"init_weights {config.init_weights}: holds {info.model_name!r} with {len(info.classes)} classes "
+            f"and config {info.model_config}; this run trains {config.model!r} with {len(classes)} classes "
+            f"and config {config.model_config}"
+        )
+    model.load_state_dict(source.state_dict(), strict=True)
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -376,6 +393,9 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
         saved = state["train_sums"] if procs.writer else dict.fromkeys(state["train_sums"], 0.0)
         sums = RunningSums(device, saved)
         log(f"resumed from {source} (epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch})")
+    elif config.init_weights:
+        load_initial_weights(model, config, ds.classes)
+        log(f"starting from the weights of {config.init_weights}")
     if procs.writer:
         save_config(config, run_dir / "config" / "config.yaml")
     log(
