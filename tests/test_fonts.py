@@ -184,7 +184,7 @@ def test_only_allow_listed_registry_files_are_ever_resolved(tmp_path, capsys):
     shutil.copy(ipag, decoy / "ipam.ttf")
     with pytest.raises(FontError, match="has no face 'IPAMincho' 'Regular'"):
         registry_faces((decoy,))
-    assert install_hint(["fonts-ipafont", "ttf-package-not-on-the-list"]).endswith("apt-get install fonts-ipafont")
+    assert install_hint(["fonts-ipafont", "ttf-not-listed"]).endswith("apt-get install fonts-ipafont")
 
 
 def test_font_report_lists_every_face_with_its_role(tmp_path):
