@@ -43,7 +43,6 @@ def test_a_damaged_or_missing_shipped_model_is_refused_by_name(tmp_path):
         read_manifest(tmp_path / "absent.json")
 
 
-@pytest.mark.skipif(not MODEL_FILE.is_file(), reason="no model has been shipped in this checkout yet")
 def test_the_shipped_model_loads_by_default_and_reads_characters():
     from kanjirec.data.fonts import GlyphCache, default_fonts
     from kanjirec.data.synth import draw_writer_styles, font_images
