@@ -123,6 +123,7 @@ def _history(lm) -> dict:
         # Runs from before the choice existed drew from the eight default faces.
         "synth_fonts": config.get("synth_fonts", "default"),
         "val_top1_by_epoch": [round(h.get("val_acc", 0.0), 4) for h in hist],
+        "init_weights": config.get("init_weights") or None,
         "best_val_top1": max((h.get("val_acc", 0.0) for h in hist), default=None),
         "device": "cpu",
     }
@@ -175,6 +176,14 @@ def model_card(m: dict) -> str:
         "  (no GPU was available). Validation top-1 by epoch (a synthetic split): "
         + ", ".join(f"{100 * v:.1f}%" for v in t["val_top1_by_epoch"])
         + ("; still rising at the last epoch." if _rising(t["val_top1_by_epoch"]) else "."),
+        *(
+            [
+                f"- This run started from the weights of an earlier run (`{t['init_weights']}`); its own",
+                "  training is described in `docs/results/shipped/`.",
+            ]
+            if t.get("init_weights")
+            else []
+        ),
         "",
         "## Figures (measured by `kanjirec ship`)",
         "",
