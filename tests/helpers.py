@@ -115,6 +115,13 @@ def tiny_cnn(seed: int) -> nn.Module:
     return create_model("cnn", len(CHARS), channels=(4, 8), convs_per_block=1, head_hidden=16).eval()
 
 
+def shifted_renders(chars) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two renders of each character, the second shifted: uint8 images (2n, 1, 64, 64), labels (2n,)."""
+    images = [render(c, shift) for c in chars for shift in ((0, 0), (2, -1))]
+    labels = [i for i in range(len(chars)) for _ in range(2)]
+    return torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels)
+
+
 def render(char: str, shift: tuple[float, float] = (0, 0), scale: float = 0.85, width: int = 3) -> np.ndarray:
     """KanjiVG strokes drawn as 255 on 0 at 64x64 (the dataset convention)."""
     image = Image.new("L", (64, 64), 0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import render
+from helpers import shifted_renders
 from kanjirec.cli import main
 from kanjirec.data.sequences import contour_strokes, grid_cells, skeleton_strokes
 from kanjirec.errors import ModelConfigError
@@ -42,9 +42,7 @@ CLASSES = list("明林語川")
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """8 samples, 4 classes: two shifted renders of each."""
-    images = [render(c, shift) for c in CLASSES for shift in ((0, 0), (2, -1))]
-    labels = [i for i in range(len(CLASSES)) for _ in range(2)]
-    return torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels)
+    return shifted_renders(CLASSES)
 
 
 def build(name: str, classes: list[str] = CLASSES, **extra) -> nn.Module:

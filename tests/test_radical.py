@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from helpers import SMALL, render
+from helpers import SMALL, shifted_renders
 from kanjirec.decompose import ComponentTable, decompose
 from kanjirec.models import create_model
 
@@ -20,9 +19,7 @@ STEPS = 80
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """8 samples, 4 classes: two shifted renders of each."""
-    images = [render(c, shift) for c in CLASSES for shift in ((0, 0), (2, -1))]
-    labels = [i for i in range(len(CLASSES)) for _ in range(2)]
-    return torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels)
+    return shifted_renders(CLASSES)
 
 
 def build(name: str, classes: list[str] = CLASSES, **extra) -> nn.Module:
