@@ -14,40 +14,23 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from kanjirec.digest import sha256_file
 from kanjirec.errors import KanjirecError
-from kanjirec.weights import MANIFEST_FILE, MODEL_CARD_FILE, MODEL_FILE, sha256_file
+from kanjirec.weights import MANIFEST_FILE, MODEL_CARD_FILE, MODEL_FILE
 
 MAX_BYTES = 12 * 1024 * 1024
 LATENCY_TARGET_MS = 3.0
-
-
-def onnx_latency_ms(path: Path, images: np.ndarray, runs: int = 300) -> float:
-    """Median time of one image through ONNX Runtime on one thread (after a warm-up)."""
-    from kanjirec.recognizer import Recognizer
-
-    rec = Recognizer.load(path, threads=1)
-    one = images[:1]
-    for _ in range(20):
-        rec.logits(one)
-    times = []
-    for i in range(runs):
-        x = images[i % len(images)][None]
-        t0 = time.perf_counter()
-        rec.logits(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def ship(run: str | Path, data: str | Path, *, styles_data: str | Path | None = None, log=print) -> dict:
     """Export ``run`` into the package and write its manifest and model card."""
     from kanjirec.benchmarks import styles
     from kanjirec.data.store import PackedDataset
+    from kanjirec.evaluation.costs import measure_speed
     from kanjirec.evaluation.report import evaluate
     from kanjirec.export import export_onnx
     from kanjirec.loading import load_any
@@ -72,7 +55,11 @@ def ship(run: str | Path, data: str | Path, *, styles_data: str | Path | None = 
     held_out = styles.run(MODEL_FILE, data=styles_data, log=log)
     log(styles.report_markdown(held_out))
     ds = PackedDataset.open(data)
-    latency = onnx_latency_ms(MODEL_FILE, np.asarray(ds.images[ds.indices("test")[:64]]))
+    # The one speed measurement of `compare` and `export --int8`: batch 1, one thread, median of runs.
+    speed = measure_speed(
+        load_any(MODEL_FILE).model, np.asarray(ds.images[ds.indices("test")[:64]]), runs=300
+    )
+    latency = speed["latency_ms"]
     log(
         f"latency: {latency:.2f} ms at batch 1 on one thread (ONNX Runtime; target <= {LATENCY_TARGET_MS} ms)"
     )

@@ -49,7 +49,7 @@ def render_families(
     from kanjirec.data.fonts import GlyphCache
     from kanjirec.data.kanjivg import load_kanjivg
     from kanjirec.data.store import DatasetWriter
-    from kanjirec.data.synth import StrokeBank, draw_writer_styles, font_images, stroke_images
+    from kanjirec.data.synth import StrokeBank, draw_writer_styles, font_images, font_styles, stroke_images
 
     faces = held_out_font_faces() if faces is None else list(faces)
     kvg = load_kanjivg()
@@ -70,9 +70,7 @@ def render_families(
         covered = face.coverage()  # for a Chinese face, only characters drawn in the Japanese form
         chars = [c for c in classes if ord(c) in covered] * per_class
         frng = np.random.default_rng([seed, 1, f])
-        # A face is set in type, not written: the scan finish of a random writer, no stroke mess.
-        style = draw_writer_styles(frng, len(chars), region="train")
-        style = {**style, "size": frng.uniform(0.8, 0.95, len(chars)), "mess": np.zeros(len(chars))}
+        style = font_styles(face, frng, len(chars), weight=False)  # the face at its own weight
         cache = GlyphCache(face, 128, smooth=True)
         for b0 in range(0, len(chars), 2048):
             part = {k: v[b0 : b0 + 2048] for k, v in style.items()}

@@ -840,13 +840,18 @@ def _upsample_matrix(coarse: int, size: int) -> np.ndarray:
     return w
 
 
-def font_styles(face, rng: np.random.Generator, n: int, region: str = "train") -> dict[str, np.ndarray]:
+def font_styles(
+    face, rng: np.random.Generator, n: int, region: str = "train", weight: bool = True
+) -> dict[str, np.ndarray]:
     """Per-sample styles of ``n`` samples set in ``face``: a random writer's scan finish, no stroke mess,
     and a stroke weight that takes the face's strokes to a width drawn from a hairline (0.016 em) to
-    heavier than black print (0.15 em); a fixed change would turn bold faces into blobs."""
+    heavier than black print (0.15 em); a fixed change would turn bold faces into blobs. Without
+    ``weight`` the face keeps its own stroke width (how the held-out faces are measured)."""
     from kanjirec.data.fonts import stroke_width
 
     style = draw_writer_styles(rng, n, region=region)
+    if not weight:
+        return {**style, "size": rng.uniform(0.8, 0.95, n), "mess": np.zeros(n)}
     target = np.exp(rng.uniform(np.log(0.016), np.log(0.15), n))
     return {
         **style,

@@ -9,10 +9,10 @@ or swapped file is refused with a message instead of answering wrongly. ``kanjir
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from kanjirec.digest import sha256_file
 from kanjirec.errors import KanjirecError
 
 WEIGHTS_DIR = Path(__file__).parent
@@ -25,14 +25,6 @@ _verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 already checke
 
 class ShippedModelError(KanjirecError):
     """The shipped model is missing, or its file does not match its manifest."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(manifest: Path = MANIFEST_FILE) -> dict:
