@@ -1,9 +1,12 @@
 """The renderer's style steps (brush, component proportions, held-out region) and fresh batches."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from kanjirec.data.fonts import held_out_faces
 from kanjirec.data.kanjivg import load_kanjivg
 from kanjirec.data.stream import SynthBatches
 from kanjirec.data.synth import (
@@ -155,3 +158,21 @@ def test_leave_styles_out_families_are_rendered_per_family(tmp_path):
         }
     )
     assert f"| {REGION_FAMILY} | 10 | 50.00% |" in text
+
+
+def test_bench_styles_keeps_the_rendered_families_for_later_runs(tmp_path, capsys):
+    from helpers import save_run
+
+    from kanjirec.charset import get_charset
+    from kanjirec.cli import main
+    from kanjirec.models import create_model
+
+    classes = get_charset("kana")
+    run = save_run(tmp_path / "run", create_model("mobile_cnn", num_classes=len(classes)), classes)
+    first = ["bench", "styles", "--model", str(run), "--classes", "kana"]
+    assert main([*first, "--keep-data", str(tmp_path / "held"), "--out", str(tmp_path / "a")]) == 0
+    assert main([*first, "--data", str(tmp_path / "held"), "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "styles.json").read_text(encoding="utf-8")) for d in "ab")
+    assert a["families"] == b["families"] and len(a["families"]) == 1 + len(held_out_faces())
+    assert main([*first, "--data", str(tmp_path / "held"), "--keep-data", str(tmp_path / "c")]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -449,7 +450,11 @@ def _add_bench_styles(bsub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> None:
         from kanjirec.benchmarks.styles import report_markdown, run
 
-        result = run(a.model, classes=a.classes, per_class=a.per_class, data=a.data, out=a.out)
+        if a.data is not None and a.keep_data is not None:
+            raise CliError("bench styles: give --data (reuse rendered families) or --keep-data, not both")
+        result = run(
+            a.model, classes=a.classes, per_class=a.per_class, data=a.data, out=a.out, keep=a.keep_data
+        )
         print(report_markdown(result))
 
     p = bsub.add_parser("styles", help="top-1 on style families no training data contains, per family")
@@ -457,6 +462,7 @@ def _add_bench_styles(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", default="kana+jis1", help="class set to render (default kana+jis1)")
     p.add_argument("--per-class", type=int, default=1, help="samples per class and family (default 1)")
     p.add_argument("--data", type=Path, help="reuse held-out families rendered before (a packed dataset)")
+    p.add_argument("--keep-data", type=Path, help="keep the rendered families here, for later --data")
     p.add_argument("--out", type=Path, help="write styles.json and styles.md here")
     p.set_defaults(func=run)
 
@@ -685,6 +691,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of ours reads as one line of ours, not as a source excerpt with a file path."""
+    file = sys.stderr if file is None else file
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        print(f"kanjirec: warning: {message}", file=file)
+    else:
+        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     # PyTorch reads this once, at its first allocation, so it is set before torch is imported:
     # tensors of 2 MB and more (a batch's activations) then sit on transparent huge pages instead
@@ -692,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from kanjirec.errors import KanjirecError
 
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

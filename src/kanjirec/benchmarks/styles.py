@@ -91,10 +91,12 @@ def run(
     per_class: int = 1,
     data: str | Path | None = None,
     out: str | Path | None = None,
+    keep: str | Path | None = None,
     log=print,
 ) -> dict:
-    """Render the held-out families (or reuse ``data``, made by an earlier run) and score ``model``
-    (None: the shipped model) on each; returns the report, also written to ``out`` if given."""
+    """Render the held-out families (into ``keep`` if given, for later runs' ``data``; or reuse
+    ``data``, made by an earlier run) and score ``model`` (None: the shipped model) on each; returns
+    the report, also written to ``out`` if given."""
     from kanjirec.charset import get_charset
     from kanjirec.evaluation.report import evaluate
     from kanjirec.loading import load_any
@@ -103,7 +105,8 @@ def run(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kanjirec-styles-") as tmp:
         if data is None:
-            data = render_families(get_charset(classes), Path(tmp) / "held_out", per_class=per_class)
+            target = Path(keep) if keep is not None else Path(tmp) / "held_out"
+            data = render_families(get_charset(classes), target, per_class=per_class)
             log(f"rendered the held-out families in {time.perf_counter() - t0:.0f} s")
         report = evaluate(lm, data, split=None)
     families = sorted(report["per_writer"], key=lambda w: w["writer"] != REGION_FAMILY)
