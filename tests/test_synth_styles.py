@@ -162,7 +162,6 @@ def test_leave_styles_out_families_are_rendered_per_family(tmp_path):
 
 def test_bench_styles_keeps_the_rendered_families_for_later_runs(tmp_path, capsys):
     from helpers import save_run
-
     from kanjirec.charset import get_charset
     from kanjirec.cli import main
     from kanjirec.models import create_model
