@@ -191,9 +191,10 @@ def test_bench_peers_writes_the_report(tmp_path, capsys, monkeypatch):
         assert np.mean([w["top1"] for w in v["per_writer"]]) == pytest.approx(v["top1"])
     md = (out / "peers.md").read_text(encoding="utf-8")
     assert r["command"] in md and peers.PROVENANCE in md and "Misses" in md
-    assert "| recogniser | drawings | top-1 | top-10 |" in printed and "Misses" not in printed
+    assert "| recogniser | what | drawings | top-1 | top-10 |" in printed and "Misses" not in printed
     for name, v in r["recognisers"].items():
-        assert f"| {name} ({v['label']}) | 8 | {100 * v['top1']:.2f}% | {100 * v['top10']:.2f}% |" in md
+        assert f"| {name} | {v['label']} | 8 | {100 * v['top1']:.2f}% | {100 * v['top10']:.2f}% |" in md
+        assert v["cpu_ms_per_drawing"] > 0 and v["wall_ms_per_drawing"] > 0
 
 
 def test_bench_peers_refuses_an_empty_comparison(capsys):

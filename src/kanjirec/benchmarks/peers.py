@@ -37,10 +37,10 @@ stroke by stroke, in writing order:
 6. order: each pair of consecutive strokes whose innermost KanjiVG component is the same is
    swapped with probability ``swap_rate`` (pairs do not overlap).
 
-Writers are drawn uniformly from: size 0.75..1.0, aspect exp(-0.12..0.12), rotation N(0, 3) within
-+-8 degrees, slant -0.15..0.15, stroke_shift 1..3.5 units, stroke_scale 0.03..0.10, stroke_turn 2..6
-degrees, wobble 0.2..0.9 units, length 0.03..0.12, spacing 3..12 canvas units, jitter 0..1.5 canvas
-units, swap_rate 0..0.08.
+Writer traits are drawn uniformly from: size 0.75..1.0, aspect exp(-0.12..0.12), slant
+-0.15..0.15, stroke_shift 1..3.5 units, stroke_scale 0.03..0.10, stroke_turn 2..6 degrees, wobble
+0.2..0.9 units, length 0.03..0.12, spacing 3..12 canvas units, jitter 0..1.5 canvas units,
+swap_rate 0..0.08; rotation from N(0, 3) degrees within +-8.
 
 The stroke count never changes (no joined or split strokes, no stroke reversed): every drawing has
 the strokes of its KanjiVG entry, in KanjiVG's order except for the swaps of step 6, which
@@ -52,9 +52,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -241,6 +242,15 @@ def write(entry: KanjiEntry, writer: Writer, writer_index: int, seed: int = SEED
 # ---------------------------------------------------------------- the recognisers
 
 
+class Peer(Protocol):
+    """A recogniser in the comparison: a drawing -> its first TOP_K answers, best first."""
+
+    name: str  # short name in the report
+    label: str  # what it is, in a few words
+
+    def __call__(self, drawing: Drawing) -> list[str]: ...
+
+
 class Ours:
     """Our model through the pen path of ``POST /recognize`` (`data.pen.strokes_to_image`)."""
 
@@ -250,7 +260,7 @@ class Ours:
         from kanjirec.recognizer import Recognizer
 
         self.recognizer = Recognizer.load(model, top_k=TOP_K, threads=1)  # one thread, as the peers
-        self.label = self.recognizer.loaded.name
+        self.label = f"model `{self.recognizer.loaded.name}`, strokes drawn by `data.pen.strokes_to_image`"
 
     def __call__(self, drawing: Drawing) -> list[str]:
         from kanjirec.data.pen import strokes_to_image
@@ -270,7 +280,7 @@ class ZinniaTegaki:
         from kanjirec.benchmarks.zinnia import TEGAKI_JA_MODEL, Zinnia
 
         self.zinnia = Zinnia(TEGAKI_JA_MODEL)
-        self.label = f"zinnia + {TEGAKI_JA_MODEL.name} (tegaki-zinnia-japanese)"
+        self.label = f"Tegaki's `{TEGAKI_JA_MODEL.name}` (Debian tegaki-zinnia-japanese)"
 
     def vocabulary(self) -> set[str]:
         return set(self.zinnia.labels)
@@ -296,7 +306,7 @@ class Kanjidraw:
 
     def __init__(self):
         self.kanjidraw = _kanjidraw()
-        self.label = f"kanjidraw {self.kanjidraw.__version__} (strict matching)"
+        self.label = f"kanjidraw {self.kanjidraw.__version__}, strict matching (its default)"
 
     def vocabulary(self) -> set[str]:
         return {c for by_count in self.kanjidraw.kanji_data().values() for c in by_count}
@@ -328,23 +338,23 @@ def _score(drawings: Sequence[Drawing], answers: Sequence[list[str]]) -> dict:
     return {"drawings": len(drawings), "top1": float(np.mean(top1)), "top10": float(np.mean(top10))}
 
 
-def compare(
-    drawings: Sequence[Drawing], recognisers: Sequence[Callable[[Drawing], list[str]]]
-) -> dict[str, dict]:
+def compare(drawings: Sequence[Drawing], recognisers: Sequence[Peer]) -> dict[str, dict]:
     """Each recogniser's answers to every drawing: top-1/top-10 overall and per writer, its misses
     (drawings whose first answer is wrong) and its time per drawing."""
     from kanjirec.evaluation.predict import progress
 
     results = {}
     for recogniser in recognisers:
-        t0 = time.perf_counter()
+        # CPU time as well as wall time: on a shared machine the wall time says more about the neighbours.
+        cpu, wall = time.process_time(), time.perf_counter()
         answers = [recogniser(d) for d in progress(drawings, desc=recogniser.name, unit="drawing")]
-        seconds = time.perf_counter() - t0
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         writers = sorted({d.writer for d in drawings})
         results[recogniser.name] = {
             "label": recogniser.label,
             **_score(drawings, answers),
-            "ms_per_drawing": 1000 * seconds / len(drawings),
+            "cpu_ms_per_drawing": 1000 * cpu / len(drawings),
+            "wall_ms_per_drawing": 1000 * wall / len(drawings),
             "per_writer": [
                 {
                     "writer": w,
@@ -436,8 +446,8 @@ def report_markdown(r: dict, misses: bool = True) -> str:
     """The report as Markdown; ``misses``: with each recogniser's misses (one folded list each)."""
     cs = r["class_set"]
     rows = [
-        f"| {name} ({v['label']}) | {v['drawings']:,} | {100 * v['top1']:.2f}% | {100 * v['top10']:.2f}% "
-        f"| {v['ms_per_drawing']:.1f} |"
+        f"| {name} | {v['label']} | {v['drawings']:,} | {100 * v['top1']:.2f}% | {100 * v['top10']:.2f}% "
+        f"| {v['cpu_ms_per_drawing']:.1f} | {v['wall_ms_per_drawing']:.1f} |"
         for name, v in r["recognisers"].items()
     ]
     writer_rows = [
@@ -472,9 +482,13 @@ def report_markdown(r: dict, misses: bool = True) -> str:
             f"all hold; {len(r['writers'])} writers, {r['swapped_drawings']:,} drawings with swapped "
             "strokes. Each recogniser answers from its own vocabulary.",
             "",
-            "| recogniser | drawings | top-1 | top-10 | ms / drawing (1 thread) |",
-            "|---|---|---|---|---|",
+            "| recogniser | what | drawings | top-1 | top-10 | CPU ms / drawing | wall ms / drawing |",
+            "|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Each recogniser runs on one thread. CPU time counts this process's work per drawing (ours "
+            "includes drawing the strokes into the image); wall time also counts waiting for the other "
+            "jobs of a shared machine.",
             "",
             "Per writer (top-1 / top-10):",
             "",
