@@ -8,8 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from kanjirec.benchmarks import peers
+from kanjirec.benchmarks import zinnia as zinnia_module
 from kanjirec.benchmarks.zinnia import Zinnia, ZinniaError
 from kanjirec.cli import main
 from kanjirec.data.kanjivg import KANJIVG_BOX, load_kanjivg
@@ -143,7 +145,7 @@ def test_zinnia_reads_clean_characters_and_names_its_model(kanjivg, zinnia):
         assert scores == sorted(scores, reverse=True)
 
 
-def test_zinnia_refuses_what_it_cannot_take(tmp_path, zinnia):
+def test_zinnia_refuses_what_it_cannot_take(tmp_path, monkeypatch, zinnia):
     missing = tmp_path / "none.model"
     with pytest.raises(ZinniaError, match=str(missing)):
         Zinnia(missing)
@@ -151,6 +153,9 @@ def test_zinnia_refuses_what_it_cannot_take(tmp_path, zinnia):
     broken.write_bytes(b"not a zinnia model")
     with pytest.raises(ZinniaError, match="broken.model"):
         Zinnia(broken)
+    monkeypatch.setattr(zinnia_module, "LIBRARY", "libzinnia-missing.so.0")
+    with pytest.raises(ZinniaError, match="libzinnia0 and tegaki-zinnia-japanese"):
+        Zinnia()
     with pytest.raises(ZinniaError, match="at least one stroke"):
         zinnia([], 400, 400)
     with pytest.raises(ZinniaError, match="canvas"):
@@ -189,6 +194,9 @@ def test_bench_peers_writes_the_report(tmp_path, capsys, monkeypatch):
         assert all(m["char"] in r["class_set"]["characters"] for m in v["misses"])
         assert [w["drawings"] for w in v["per_writer"]] == [4, 4]
         assert np.mean([w["top1"] for w in v["per_writer"]]) == pytest.approx(v["top1"])
+    with Image.open(out / peers.SHEET) as sheet:  # the drawings, 4 a row, a row per writer
+        assert sheet.size == (4 * peers.SHEET_CELL, 2 * peers.SHEET_CELL)
+        assert 0 < (np.asarray(sheet) == 0).mean() < 0.5
     md = (out / "peers.md").read_text(encoding="utf-8")
     assert r["command"] in md and peers.PROVENANCE in md and "Misses" in md
     assert "| recogniser | what | drawings | top-1 | top-10 |" in printed and "Misses" not in printed

@@ -392,7 +392,7 @@ def run(
     log=print,
 ) -> dict:
     """Draw ``chars`` characters by each of ``writers`` writers and score the three recognisers on the
-    same drawings; returns the report, also written to ``out`` (peers.json, peers.md) if given."""
+    same drawings; returns the report, also written to ``out`` (peers.json, peers.md, SHEET) if given."""
     from kanjirec.data.kanjivg import load_kanjivg
 
     if chars < 1:
@@ -424,7 +424,31 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
         (out / "peers.json").write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
         (out / "peers.md").write_text(report_markdown(result), encoding="utf-8")
+        drawing_sheet(drawings, out / SHEET)
     return result
+
+
+SHEET = "peers_drawings.png"
+SHEET_CHARS = 12  # characters per writer on the sheet
+SHEET_CELL = 100  # pixels per drawing on the sheet
+
+
+def drawing_sheet(drawings: Sequence[Drawing], path: Path) -> None:
+    """A PNG of the first SHEET_CHARS drawings of each writer, one writer a row, as drawn."""
+    from PIL import Image, ImageDraw
+
+    writers = sorted({d.writer for d in drawings})
+    rows = [[d for d in drawings if d.writer == w][:SHEET_CHARS] for w in writers]
+    sheet = Image.new("L", (SHEET_CELL * max(map(len, rows)), SHEET_CELL * len(rows)), 255)
+    pen = ImageDraw.Draw(sheet)
+    scale = SHEET_CELL / CANVAS
+    for r, row in enumerate(rows):
+        for c, d in enumerate(row):
+            corner = np.array([c * SHEET_CELL, r * SHEET_CELL])
+            pen.rectangle([*corner.tolist(), *(corner + SHEET_CELL - 1).tolist()], outline=200)
+            for stroke in d.strokes:
+                pen.line([tuple(p) for p in (stroke * scale + corner).tolist()], fill=0, width=2)
+    sheet.save(path)
 
 
 PROVENANCE = (
@@ -435,10 +459,10 @@ PROVENANCE = (
     "stroke, and its strict matching needs the stroke count and order that these drawings keep), and "
     "our model was trained on synthetic images, 80% of them rendered from KanjiVG strokes by our own "
     "handwriting renderer (the rest print faces). zinnia's Tegaki model was trained on strokes that "
-    "people wrote (the Tegaki and Tomoe projects' samples), not on KanjiVG, so KanjiVG's stroke shapes "
-    "and proportions are new to it. Real handwriting also joins, splits and reorders strokes, which "
-    "this writer model does not do (beyond the swaps): these figures do not measure how each "
-    "recogniser copes with that."
+    "people wrote (the Tomoe project's handwriting-ja.xml, which the Tegaki model's source ships), not "
+    "on KanjiVG, so KanjiVG's stroke shapes and proportions are new to it. Real handwriting also "
+    "joins, splits and reorders strokes, which this writer model does not do (beyond the swaps): these "
+    "figures do not measure how each recogniser copes with that."
 )
 
 
@@ -489,6 +513,8 @@ def report_markdown(r: dict, misses: bool = True) -> str:
             "Each recogniser runs on one thread. CPU time counts this process's work per drawing (ours "
             "includes drawing the strokes into the image); wall time also counts waiting for the other "
             "jobs of a shared machine.",
+            "",
+            f"The first drawings of each writer, one writer a row: [{SHEET}]({SHEET}).",
             "",
             "Per writer (top-1 / top-10):",
             "",
