@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up kanjirec on a fresh Debian machine: the print fonts, a virtual environment
-# in .venv, the CPU build of torch, and the package itself.
+# Set up kanjirec on a fresh Debian machine: the print fonts, zinnia with its Tegaki Japanese
+# model (for `kanjirec bench peers`), a virtual environment in .venv, the CPU build of torch, and
+# the package itself.
 #
 # Fonts: only packages on kanjirec's allow-list (src/kanjirec/data/font_registry.py,
 # docs/FONTS.md) are ever installed. KANJIREC_FONTS=all (the default) installs every one the
@@ -23,15 +24,18 @@ case "${KANJIREC_FONTS:-all}" in
     default) fonts=("${default_fonts[@]}") ;;
     *) echo "setup: KANJIREC_FONTS must be 'all' or 'default', got '${KANJIREC_FONTS}'" >&2; exit 2 ;;
 esac
+# `kanjirec bench peers` and its tests: zinnia's library and the Tegaki Japanese model.
+peers=(libzinnia0 tegaki-zinnia-japanese)
 missing=()
-for f in "${fonts[@]}"; do dpkg -s "$f" >/dev/null 2>&1 || missing+=("$f"); done
+for f in "${fonts[@]}" "${peers[@]}"; do dpkg -s "$f" >/dev/null 2>&1 || missing+=("$f"); done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     elif command -v sudo >/dev/null; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "setup: cannot install ${missing[*]} (not root, no sudo); synthetic data will use strokes only" >&2
+        echo "setup: cannot install ${missing[*]} (not root, no sudo): synthetic data will use strokes only" \
+            "and \`kanjirec bench peers\` needs libzinnia0 and tegaki-zinnia-japanese" >&2
     fi
 fi
 

@@ -335,6 +335,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_compare(bsub)
     _add_bench_styles(bsub)
     _add_bench_serve(bsub)
+    _add_bench_peers(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -497,6 +498,32 @@ def _add_bench_serve(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--junk-every", type=int, default=10, help="every Nth request is junk (0: none)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="the batching wait (default 2)")
     p.add_argument("--workdir", type=Path, help="where the temporary files go (default: the system's)")
+    p.set_defaults(func=run)
+
+
+def _add_bench_peers(bsub: argparse._SubParsersAction) -> None:
+    """`bench peers`: the same drawn strokes given to our model, zinnia and kanjidraw."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.peers import report_markdown, run
+
+        result = run(a.model, chars=a.chars, writers=a.writers, seed=a.seed, out=a.out)
+        print(report_markdown(result, misses=False))
+
+    from kanjirec.benchmarks.peers import DEFAULT_CHARS, DEFAULT_WRITERS, SEED
+
+    p = bsub.add_parser(
+        "peers",
+        help="top-1/top-10 of our model, zinnia (Tegaki Japanese model) and kanjidraw on the same "
+        "KanjiVG strokes distorted by a writer model",
+    )
+    p.add_argument("--model", help="run folder, checkpoint, .onnx or ensemble (default: the shipped model)")
+    p.add_argument("--chars", type=int, default=DEFAULT_CHARS, help=f"characters (default {DEFAULT_CHARS})")
+    p.add_argument(
+        "--writers", type=int, default=DEFAULT_WRITERS, help=f"writers (default {DEFAULT_WRITERS})"
+    )
+    p.add_argument("--seed", type=int, default=SEED, help=f"writers and drawings (default {SEED})")
+    p.add_argument("--out", type=Path, help="write peers.json and peers.md here")
     p.set_defaults(func=run)
 
 
