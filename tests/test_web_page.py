@@ -158,3 +158,29 @@ def test_the_page_fits_a_phone_screen(service, browser):
         assert page.ready == "wasm"
     finally:
         browser.set_window_size(900, 1000)
+
+
+def test_the_exported_page_works_on_a_static_host(browser, kanjivg, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from kanjirec.serve.web import export_web
+
+    site = export_web(tmp_path / "site")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        page = DrawingPage(browser, f"http://127.0.0.1:{host.server_address[1]}/")
+        assert page.ready == "wasm"
+        server_option = browser.find_element("css selector", '#backend option[value="server"]')
+        assert server_option.get_attribute("disabled")  # no server behind a static host
+        assert page.draw_char("田", kanjivg)[0][0] == "田"
+    finally:
+        host.shutdown()
+        host.server_close()
