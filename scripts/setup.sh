@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up kanjirec on a fresh Debian machine: the print fonts, zinnia with its Tegaki Japanese
-# model (for `kanjirec bench peers`), a virtual environment in .venv, the CPU build of torch, and
-# the package itself.
+# Set up kanjirec on a fresh Debian machine: the print fonts, a virtual environment in .venv, the
+# CPU build of torch, the package itself, the drawing page's runtime (onnxruntime-web from npm,
+# scripts/web_assets.sh) with what its browser test needs (Debian's chromium and chromium-driver; no
+# browser is downloaded by anything else), and zinnia with its Tegaki Japanese model (for
+# `kanjirec bench peers`).
 #
 # Fonts: only packages on kanjirec's allow-list (src/kanjirec/data/font_registry.py,
 # docs/FONTS.md) are ever installed. KANJIREC_FONTS=all (the default) installs every one the
@@ -27,15 +29,19 @@ esac
 # `kanjirec bench peers` and its tests: zinnia's library and the Tegaki Japanese model.
 peers=(libzinnia0 tegaki-zinnia-japanese)
 missing=()
-for f in "${fonts[@]}" "${peers[@]}"; do dpkg -s "$f" >/dev/null 2>&1 || missing+=("$f"); done
+for f in "${fonts[@]}" "${peers[@]}" chromium chromium-driver; do dpkg -s "$f" >/dev/null 2>&1 || missing+=("$f"); done
+# node and npm by command: some installs (NodeSource's nodejs) bring npm without Debian's package.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     elif command -v sudo >/dev/null; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "setup: cannot install ${missing[*]} (not root, no sudo): synthetic data will use strokes only" \
-            "and \`kanjirec bench peers\` needs libzinnia0 and tegaki-zinnia-japanese" >&2
+        echo "setup: cannot install ${missing[*]} (not root, no sudo); synthetic data will use strokes only," \
+             "the drawing page's runtime and browser test need nodejs, npm, chromium, chromium-driver," \
+             "and \`kanjirec bench peers\` needs libzinnia0 and tegaki-zinnia-japanese" >&2
     fi
 fi
 
@@ -44,4 +50,5 @@ fi
 # torch first and pinned: 2.13.0 is a local CPU wheel here, anything looser pulls CUDA builds.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[dev]'
+bash scripts/web_assets.sh
 echo "setup: ready (.venv)"

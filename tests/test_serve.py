@@ -158,7 +158,14 @@ def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx):
             except OSError:
                 time.sleep(0.2)
         assert status == 200 and health["kind"] == "onnx" and health["classes"] == len(READ_CHARS)
-        assert Client(port=port).request("GET", "/")[0] == 404  # the page is not built yet
+        client = Client(port=port)
+        status, page = client.request("GET", "/")
+        assert status == 200 and "<canvas id=\"pad\"" in page  # the drawing page (test_web_page.py)
+        status, config = client.request("GET", "/model.json")
+        assert status == 200 and config["model"] == "model.onnx"
+        assert sorted(config["classes"]) == sorted(READ_CHARS)
+        status, onnx = client.request("GET", "/model.onnx")
+        assert status == 200 and len(onnx) > 1000
     finally:
         process.terminate()
         process.wait(20)

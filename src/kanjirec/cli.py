@@ -336,6 +336,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_styles(bsub)
     _add_bench_serve(bsub)
     _add_bench_peers(bsub)
+    _add_bench_web(bsub)
 
 
 def _add_bench_data(bsub: argparse._SubParsersAction) -> None:
@@ -527,6 +528,28 @@ def _add_bench_peers(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_bench_web(bsub: argparse._SubParsersAction) -> None:
+    """`bench web`: the drawing page in headless Chromium."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.benchmarks.web import bench_web
+
+        bench_web(model=a.model, chars=a.chars, server_chars=a.server_chars, seed=a.seed)
+
+    p = bsub.add_parser(
+        "web",
+        help="the drawing page in headless Chromium: latency per stroke (p50/p95), download size, "
+        "top-1/top-10 on characters drawn from KanjiVG",
+    )
+    p.add_argument("--model", type=Path, help="an .onnx file (default: the shipped model)")
+    p.add_argument("--chars", type=int, default=100, help="characters drawn, recognised in the browser")
+    p.add_argument(
+        "--server-chars", type=int, default=20, help="of those, drawn again with recognition on the server"
+    )
+    p.add_argument("--seed", type=int, default=0, help="which characters are drawn")
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -638,7 +661,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="HTTP service: POST /recognize (image upload or pen strokes), GET /health",
+        help="HTTP service: the drawing page at /, POST /recognize (images or pen strokes), GET /health",
         description="Serve a model over HTTP with FastAPI and uvicorn; concurrent requests are batched. "
         "See docs/SERVE.md.",
     )
@@ -661,6 +684,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-megapixels", type=float, default=40.0, help="largest accepted image (default 40 megapixels)"
     )
+    p.set_defaults(func=run)
+
+
+def _add_export_web(sub: argparse._SubParsersAction) -> None:
+    """`export-web`: the drawing page as static files (serve/web.py)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.serve.web import export_web
+
+        export_web(a.out_dir, a.model)
+
+    p = sub.add_parser(
+        "export-web",
+        help="write the drawing page, the model and its runtime as static files for any web host",
+        description="Write the 'Draw a kanji' page with the model and onnxruntime-web into OUT_DIR; it "
+        "recognises in the browser, with no server. See docs/WEB.md.",
+    )
+    p.add_argument("out_dir", type=Path, help="a new or empty folder")
+    p.add_argument("--model", type=Path, help="an exported .onnx file (default: the shipped model)")
     p.set_defaults(func=run)
 
 
@@ -712,6 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_predict(sub)
     _add_serve(sub)
+    _add_export_web(sub)
     _add_bench(sub)
     _add_ship(sub)
     _add_demo(sub)

@@ -8,8 +8,9 @@ Routes (docs/SERVE.md has examples):
   `recognizer.to_convention`, a drawing through `data.pen.strokes_to_image` (the training
   renderer's convention); concurrent requests share model calls (`batching.Batcher`).
 - ``GET /health``: the model's name, kind and classes, and the batching settings.
-
-``GET /`` is left unrouted until the browser page exists.
+- ``GET /``: the "Draw a kanji" page (`serve.web`; docs/WEB.md), with its files, ``/model.json``
+  (`web.page_config`) and ``/model.onnx`` (when the model is an ONNX file of images, which the page
+  then runs in the browser; otherwise the page sends its strokes to ``POST /recognize``).
 
 Bad input is answered 4xx with a message naming the problem, and the service keeps running:
 400 malformed JSON or multipart, or no ``image`` field; 413 an upload or image over the limits;
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from kanjirec.errors import KanjirecError
 from kanjirec.serve.batching import Batcher
+from kanjirec.serve.web import WEB_DIR, browser_model, missing_runtime, page_config, runtime_missing_message
 
 
 @dataclass
@@ -161,6 +165,21 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
         best = np.argsort(-probs, kind="stable")[:top_k]
         return {"candidates": [{"char": classes[i], "prob": float(probs[i])} for i in best]}
 
+    config_for_page = page_config(loaded, server=True)
+    onnx, _ = browser_model(loaded)
+
+    @app.get("/model.json")
+    async def model_json() -> dict:
+        return config_for_page
+
+    if onnx is not None:
+
+        @app.get("/model.onnx")
+        async def model_onnx() -> FileResponse:
+            return FileResponse(onnx, media_type="application/octet-stream")
+
+    # Last, so that the routes above win: the page at / and its files (web/, web/vendor/).
+    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="page")
     return app
 
 
@@ -180,7 +199,11 @@ def run_server(
     recognizer = Recognizer.load(model)
     print(
         f"kanjirec: serving {recognizer.loaded.name} ({len(recognizer.classes):,} classes) on "
-        f"http://{host}:{port}: POST /recognize, GET /health; {json.dumps(asdict(config))}",
+        f"http://{host}:{port}: the drawing page at /, POST /recognize, GET /health; "
+        f"{json.dumps(asdict(config))}",
         flush=True,
     )
+    if missing_runtime():
+        note = "meanwhile the page recognises on the server"
+        print(f"kanjirec: {runtime_missing_message()}; {note}", flush=True)
     uvicorn.run(create_app(recognizer, config), host=host, port=port, log_level="warning")
