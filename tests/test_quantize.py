@@ -266,3 +266,25 @@ def test_pruned_mobile_cnn_checkpoint_and_onnx_reproduce_it(tmp_path) -> None:
     logits = Recognizer.load(path).logits(images)
     assert logits.shape == (len(images), len(CHARS))
     np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
+
+
+def test_export_prune_int8_reports_all_four(trained_run, tmp_path, capsys, monkeypatch) -> None:
+    # Timings decide INT8's verdict (tested above); here every INT8 model passes, so the run is steady.
+    monkeypatch.setattr("kanjirec.quantize.int8_faults", lambda *a: [])
+    run, _ = trained_run
+    out = tmp_path / "pruned.int8.onnx"
+    argv = ["export", str(run), "--out", str(out), "--int8", "--int8-mode", "static-qdq", "--prune", "0.25"]
+    assert main([*argv, "--finetune-epochs", "1"]) == 0
+    row = re.compile(r"^(.+?) +(\d+\.\d\d) +\d+\.\d{3} +\d+ +(\d+\.\d\d)% +(reference|[+-]\d+\.\d\d points)$")
+    rows = [m.groups() for m in map(row.match, capsys.readouterr().out.splitlines()) if m]
+    four = rows[-4:]  # the last table: before and after pruning, fp32 and INT8
+    assert [label for label, *_ in four] == [
+        "unpruned",
+        "unpruned static-qdq",
+        "pruned 25%",
+        "pruned 25% static-qdq",
+    ]
+    base = float(four[0][2])
+    for _, _, top1, change in four[1:]:  # each change is from the unpruned fp32 model
+        assert abs(float(change.split()[0]) - (float(top1) - base)) <= 0.011
+    assert Recognizer.load(out).classes == load_model(run)[1].classes
