@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from helpers import SMALL
 from kanjirec.checkpoint import load_model
@@ -15,6 +16,7 @@ from kanjirec.config import TrainConfig
 from kanjirec.data.store import DatasetWriter, PackedDataset
 from kanjirec.export import export_onnx
 from kanjirec.models import create_model
+from kanjirec.models.base import SqueezeExcite
 from kanjirec.prune import PRUNERS, PruneError, prune_and_finetune, prune_model
 from kanjirec.quantize import (
     QUANT_MODES,
@@ -49,16 +51,14 @@ def _shapes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[str]]:
     return images, labels
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A small cnn trained for two epochs on the five shapes: (run folder, dataset folder)."""
-    root = tmp_path_factory.mktemp("quantize")
+def _train_on_shapes(root, model: str, model_config: dict):
+    """``model`` trained for two epochs on the five shapes: (run folder, dataset folder)."""
     images, chars = _shapes(np.random.default_rng(0), 300)
     writer = DatasetWriter(root / "ds", image_size=64)
     writer.add(images, chars, [f"w{i % 10}" for i in range(len(chars))], "T")
     data = writer.finish(split="random", fractions=(0.6, 0.2, 0.2), seed=0)
     config = TrainConfig(
-        model="cnn",
+        model=model,
         data=str(data),
         out_dir=str(root / "runs"),
         epochs=2,
@@ -66,11 +66,18 @@ def trained_run(tmp_path_factory):
         lr=3e-3,
         workers=0,
         augment={},
-        model_config=dict(channels=[8, 16, 16, 32], convs_per_block=1, head_hidden=32),
+        model_config=model_config,
     )
     torch.manual_seed(0)
     train(config, resume="none")
     return config.run_dir, data
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small cnn trained on the five shapes: (run folder, dataset folder)."""
+    config = dict(channels=[8, 16, 16, 32], convs_per_block=1, head_hidden=32)
+    return _train_on_shapes(tmp_path_factory.mktemp("quantize"), "cnn", config)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +189,102 @@ def test_pruning_removes_exactly_the_dead_units() -> None:
     assert pruned.config["channels"] == [4, 8, 8, 16] and pruned.config["head_hidden"] == 16
     with torch.no_grad():
         torch.testing.assert_close(pruned(images), model(images), atol=1e-5, rtol=0)
+
+
+# The shipped family, with a second block in the last stage and an SE bottleneck wide enough to prune.
+MOBILE = dict(stem=8, stages=[[16, 1], [64, 2]], embedding=16)
+MOBILE_HALF = dict(stem=4, stages=[[8, 1], [32, 2]], embedding=8)
+
+
+def _widths(model) -> dict:
+    return {key: model.config[key] for key in MOBILE}
+
+
+def test_mobile_cnn_pruning_removes_exactly_the_dead_channels() -> None:
+    # Half of every channel group, SE bottleneck and embedding is dead where it is read: the batch norm
+    # scale of the depthwise filter reading it (of the unit itself where an SE or the head reads it) is 0,
+    # so it feeds on a constant (a random shift). Pruning half of every width must drop exactly those,
+    # read every kept weight from its place and move the constants the dropped units fed into what
+    # read them: the logits must not change.
+    torch.manual_seed(0)
+    model = create_model("mobile_cnn", 4, classes=list("明林語川"), **MOBILE).eval()
+    generator = torch.Generator().manual_seed(1)
+
+    def dead(width: int) -> torch.Tensor:
+        return torch.randperm(width, generator=generator)[: width // 2]
+
+    with torch.no_grad():
+        for bn in [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]:
+            bn.bias.normal_(generator=generator)
+            bn.running_mean.normal_(generator=generator)
+            bn.running_var.uniform_(0.5, 2.0, generator=generator)
+        blocks = [m for m in model.features if isinstance(m, nn.Sequential)]
+        gates = [m for m in model.features if isinstance(m, SqueezeExcite)]
+        # Each group's batch norm, the depthwise one reading it (the head reads the last group), and
+        # whether an SE reads it too: SE ends stage 1 (one block) and stage 2 (two blocks).
+        made = [model.features[1]] + [b[4] for b in blocks]
+        read = [b[1] for b in blocks] + [None]
+        for bn, depthwise, gated in zip(made, read, [False, True, False, True], strict=True):
+            gone = dead(len(bn.weight))
+            if gated or depthwise is None:
+                bn.weight[gone] = 0.0
+            if depthwise is not None:
+                depthwise.weight[gone] = 0.0
+            else:  # a constant gate, so what these channels feed the head is a constant too
+                gates[-1].fc2.weight[gone] = 0.0
+        gates[-1].fc1.weight[dead(gates[-1].fc1.out_features)] = 0.0
+        model.head[1].weight[dead(len(model.head[1].weight))] = 0.0
+    images = (torch.rand(3, 1, 64, 64, generator=generator) > 0.7).to(torch.uint8) * 255
+    pruned = prune_model(model, 0.5)
+    assert _widths(pruned) == MOBILE_HALF
+    assert pruned.features[-1].fc1.out_features == gates[-1].fc1.out_features // 2
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(images), model(images), atol=1e-5, rtol=0)
+
+
+def test_pruned_mobile_cnn_checkpoint_and_onnx_reproduce_it(tmp_path) -> None:
+    run, data = _train_on_shapes(tmp_path, "mobile_cnn", MOBILE)
+    model, info = load_model(run)
+    pruned_run = prune_and_finetune(run, 0.5, epochs=1, lr=1e-3, log=lambda *a: None)
+    ds = PackedDataset.open(data)
+    images = ds.images[ds.indices("test")]
+    batch = torch.from_numpy(images)[:, None]
+    # The pruned model the fine-tune started from, through the one checkpoint format and loader.
+    start, start_info = load_model(pruned_run / "init" / "pruned.pt")
+    expected = prune_model(model, 0.5)
+    assert _widths(start) == _widths(expected) == MOBILE_HALF
+    assert start.num_parameters() < 0.6 * model.num_parameters()
+    assert start_info.classes == info.classes
+    with torch.no_grad():
+        torch.testing.assert_close(start(batch), expected(batch), atol=0, rtol=0)
+    # The fine-tuned run loads as the narrower model, and its ONNX export computes what PyTorch does.
+    tuned, tuned_info = load_model(pruned_run)
+    assert _widths(tuned) == MOBILE_HALF
+    path = export_onnx(tuned, tmp_path / "pruned.onnx", classes=tuned_info.classes)
+    with torch.no_grad():
+        reference = tuned(batch).numpy()
+    logits = Recognizer.load(path).logits(images)
+    assert logits.shape == (len(images), len(CHARS))
+    np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
+
+
+def test_export_prune_int8_reports_all_four(trained_run, tmp_path, capsys, monkeypatch) -> None:
+    # Timings decide INT8's verdict (tested above); here every INT8 model passes, so the run is steady.
+    monkeypatch.setattr("kanjirec.quantize.int8_faults", lambda *a: [])
+    run, _ = trained_run
+    out = tmp_path / "pruned.int8.onnx"
+    argv = ["export", str(run), "--out", str(out), "--int8", "--int8-mode", "static-qdq", "--prune", "0.25"]
+    assert main([*argv, "--finetune-epochs", "1"]) == 0
+    row = re.compile(r"^(.+?) +(\d+\.\d\d) +\d+\.\d{3} +\d+ +(\d+\.\d\d)% +(reference|[+-]\d+\.\d\d points)$")
+    rows = [m.groups() for m in map(row.match, capsys.readouterr().out.splitlines()) if m]
+    four = rows[-4:]  # the last table: before and after pruning, fp32 and INT8
+    assert [label for label, *_ in four] == [
+        "unpruned",
+        "unpruned static-qdq",
+        "pruned 25%",
+        "pruned 25% static-qdq",
+    ]
+    base = float(four[0][2])
+    for _, _, top1, change in four[1:]:  # each change is from the unpruned fp32 model
+        assert abs(float(change.split()[0]) - (float(top1) - base)) <= 0.011
+    assert Recognizer.load(out).classes == load_model(run)[1].classes

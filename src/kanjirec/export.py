@@ -184,6 +184,20 @@ def export_onnx(
     return path
 
 
+def _log_pruning_table(paths: dict[str, Path], data, top1: dict[str, float], log) -> dict[str, float]:
+    """Measure the ONNX files ``paths`` together (top-1 where ``top1`` does not hold it yet) and log
+    them with each one's top-1 change from the first; returns every top-1 by label."""
+    from kanjirec.quantize import measure_speed_onnx, measurement_table, speed_images, split_top1
+
+    found = list(measure_speed_onnx(paths, speed_images(data)).values())
+    for m in found:
+        m.top1 = top1[m.label] if m.label in top1 else split_top1(m.path, data)
+    base = found[0].top1
+    notes = ["reference"] + [f"{100 * (m.top1 - base):+.2f} points" for m in found[1:]]
+    log(measurement_table(found, notes))
+    return {m.label: m.top1 for m in found}
+
+
 def export_run(
     source: str | Path,
     out: str | Path,
@@ -201,7 +215,8 @@ def export_run(
     """``kanjirec export``: a run, checkpoint or ensemble manifest -> one ONNX file at ``out``.
 
     ``prune``: first remove that fraction of every width (`prune.prune_and_finetune`, which
-    fine-tunes in a run folder of its own) and report size, speed and top-1 before and after.
+    fine-tunes in a run folder of its own) and report size, speed and top-1 before and after
+    (with ``int8``, of the unpruned and the pruned model, each in fp32 and in the INT8 written).
     ``int8``: write the INT8 model instead of fp32, if it is as fast and loses at most
     ``max_loss`` points (`quantize.quantize_and_check`; else `quantize.Int8Refused`, nothing
     written). Both measure on ``data`` (default: the dataset the run trained on)."""
@@ -228,14 +243,7 @@ def export_run(
         log(f"wrote {out} ({name}, {len(classes):,} classes; ONNX Runtime matches PyTorch)")
         return out
 
-    from kanjirec.quantize import (
-        QUANT_MODES,
-        measure_speed_onnx,
-        measurement_table,
-        quantize_and_check,
-        speed_images,
-        split_top1,
-    )
+    from kanjirec.quantize import QUANT_MODES, calibration_images, quantize_and_check, quantize_onnx
 
     with tempfile.TemporaryDirectory(prefix="kanjirec-export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx" if int8 else out
@@ -249,15 +257,12 @@ def export_run(
             )
             model = load_model(run)[0]
             export_onnx(model, fp32, classes=classes)
-            found = measure_speed_onnx({"unpruned": before, f"pruned {prune:.0%}": fp32}, speed_images(data))
-            for m in found.values():
-                m.top1 = split_top1(m.path, data)
-            log(measurement_table(list(found.values())))
+            top1 = _log_pruning_table({"unpruned": before, f"pruned {prune:.0%}": fp32}, data, {}, log)
         else:
             export_onnx(model, fp32, classes=classes)
         if int8:
             modes = tuple(int8_modes or QUANT_MODES)
-            quantize_and_check(
+            _, _, chosen = quantize_and_check(
                 fp32,
                 out,
                 data,
@@ -266,5 +271,20 @@ def export_run(
                 calibration_samples=calibration_samples,
                 log=log,
             )
+            if prune is not None:
+                # The same INT8 of the unpruned model: all four side by side, measured together.
+                mode = chosen.label
+                calibration = (
+                    calibration_images(data, calibration_samples) if mode.startswith("static") else None
+                )
+                before_int8 = quantize_onnx(before, Path(tmp) / "unpruned-int8.onnx", mode, calibration)
+                top1 |= {f"pruned {prune:.0%} {mode}": chosen.top1}
+                paths = {
+                    "unpruned": before,
+                    f"unpruned {mode}": before_int8,
+                    f"pruned {prune:.0%}": fp32,
+                    f"pruned {prune:.0%} {mode}": out,
+                }
+                _log_pruning_table(paths, data, top1, log)
     log(f"wrote {out} ({name}{f', pruned {prune:.0%}' if prune else ''}{', INT8' if int8 else ''})")
     return out

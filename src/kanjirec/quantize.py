@@ -304,13 +304,14 @@ def _fmt_top1(x: float | None) -> str:
 def measurement_table(rows: list[Measurement], notes: list[str] | None = None) -> str:
     """Size, batch-1 latency, batch-64 throughput and test top-1 of each row, with a note each."""
     notes = notes or [""] * len(rows)
+    width = max([12, *(len(m.label) for m in rows)])
     lines = [
-        f"{'model':<12} {'size MiB':>9} {'b1 1-thread ms':>15} {'b64 1-thread /s':>16} "
+        f"{'model':<{width}} {'size MiB':>9} {'b1 1-thread ms':>15} {'b64 1-thread /s':>16} "
         f"{'test top-1':>11}  {'verdict' if any(notes) else ''}".rstrip()
     ]
     for m, note in zip(rows, notes, strict=True):
         lines.append(
-            f"{m.label:<12} {m.size_mib:>9.2f} {m.latency_ms:>15.3f} {m.throughput_per_s:>16.0f} "
+            f"{m.label:<{width}} {m.size_mib:>9.2f} {m.latency_ms:>15.3f} {m.throughput_per_s:>16.0f} "
             f"{_fmt_top1(m.top1):>11}  {note}".rstrip()
         )
     return "\n".join(lines)
