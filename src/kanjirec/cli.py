@@ -691,7 +691,7 @@ def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--m", type=int, nargs="+", default=[500, 1000, 1965], help="seen kanji counts")
     p.add_argument(
-        "--budget", type=int, default=38_400, help="training samples seen per run (default 38,400)"
+        "--budget", type=int, default=19_200, help="training samples seen per run (default 19,200)"
     )
     p.add_argument("--epochs", type=int, default=3, help="validation points the budget is split into")
     p.add_argument(

@@ -180,7 +180,7 @@ def run_zeroshot(
     *,
     models: Sequence[str] = MODELS,
     ms: Sequence[int] = SEEN_COUNTS,
-    budget: int = 38_400,
+    budget: int = 19_200,
     epochs: int = 3,
     size: str = "cpu",
     unseen: int = UNSEEN,
