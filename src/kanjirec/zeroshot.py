@@ -149,23 +149,26 @@ def steps_per_epoch(budget: int, epochs: int) -> int:
 
 def evaluate_run(run_dir: Path, split: ClassSplit, test_data: Path) -> dict:
     """Zero-shot accuracy of the run's best checkpoint on the unseen classes, plus its seen-class figures."""
-    from kanjirec.checkpoint import load_model
+    from kanjirec.checkpoint import CheckpointManager, load_model, read_checkpoint
     from kanjirec.evaluation.zeroshot import zero_shot_accuracy
 
-    model, info = load_model(run_dir)
+    model, info = load_model(run_dir)  # best.pt: the epoch with the best seen-class val accuracy
+    # The budget is what the whole run trained on: its last checkpoint's step, not best.pt's.
+    latest = CheckpointManager(Path(run_dir) / "checkpoints", enabled=False).latest()
+    steps = read_checkpoint(latest)["global_step"] if latest is not None else info.global_step
     if sorted(info.classes, key=ord) != sorted(split.seen, key=ord):
         raise ZeroShotSetupError(
             f"{run_dir}: trained on {len(info.classes)} classes, not the {len(split.seen)} seen classes "
             f"of m = {split.m}"
         )
     result = zero_shot_accuracy(model, test_data, split.unseen)
-    steps = info.global_step
     return {
         "model": info.model_name,
         "m": split.m,
         "seen_classes": len(split.seen),
         "run": str(run_dir),
         "samples_seen": steps * int(info.config["batch_size"]),
+        "best_epoch": info.epoch,
         "model_config": info.model_config,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seen_val_top1": info.metrics.get("val_acc"),
