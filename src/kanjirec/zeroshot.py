@@ -263,7 +263,7 @@ def run_zeroshot(
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def report_markdown(result: dict) -> str:
