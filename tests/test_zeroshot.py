@@ -106,6 +106,7 @@ def test_zero_shot_accuracy_on_a_packed_dataset(stub_and_data) -> None:
     assert result["top1"] == pytest.approx(3 / 5)  # the second 明 reads 朋; 川 cannot be scored
     assert result["top5"] == 1.0  # 5 candidates
     assert result["fully_reachable_samples"] == 4
+    assert result["distinct_top1"] == 4  # 明 林 休 朋
     assert result["fully_reachable_top1"] == pytest.approx(3 / 4)
     assert result["reachability"]["fully_reachable"] == pytest.approx(4 / 5)
     with pytest.raises(ZeroShotError, match="outside the candidates"):

@@ -71,9 +71,11 @@ def plot_zero_shot(result: dict[str, Any], out: str | Path) -> Path:
     ax.plot(
         [int(k) for k in acpm], [100 * v for v in acpm.values()], "k^", label="ACPM top-1 (HWDB, Chinese)"
     )
+    unseen = result["protocol"]["unseen"]
+    ax.axhline(100 * 5 / unseen, color="grey", ls=":", label="chance top-5")
     ax.set_xlabel("seen kanji m")
     ax.set_ylabel("accuracy on the unseen classes (%)")
-    ax.set_title(f"Zero-shot, {result['protocol']['unseen']:,} unseen kanji ({result['protocol']['scale']})")
+    ax.set_title(f"Zero-shot, {unseen:,} unseen kanji ({result['protocol']['scale']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, out)

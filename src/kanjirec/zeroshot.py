@@ -273,21 +273,22 @@ def report_markdown(result: dict) -> str:
         f"{p['test_samples']:,} test images, {p['test_writers']} synthetic writers never seen in training):",
         "",
         "| model | m (seen kanji) | unseen top-1 | unseen top-5 | top-1 on fully reachable | fully reachable "
-        "| unreachable | indistinguishable | seen-class test top-1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| unreachable | indistinguishable | distinct top-1 | seen-class test top-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         reach = r["reachability"]
         lines.append(
             f"| {r['model']} | {r['m']:,} | {_pct(r['top1'])} | {_pct(r['top5'])} | "
             f"{_pct(r['fully_reachable_top1'])} | {_pct(reach['fully_reachable'])} | "
-            f"{_pct(reach['unreachable'])} | {_pct(reach['indistinguishable'])} | "
+            f"{_pct(reach['unreachable'])} | {_pct(reach['indistinguishable'])} | {r['distinct_top1']:,} | "
             f"{_pct(r['seen_test_top1'])} |"
         )
     acpm = ", ".join(f"{_pct(v)} with {int(k):,} seen" for k, v in result["acpm_top1"].items())
     lines += [
         "",
         f"Chance: {_pct(1 / p['unseen'])} top-1, {_pct(5 / p['unseen'])} top-5. ACPM (CASIA-HWDB, Chinese, "
-        f"1,000 unseen): {acpm}.",
+        f"1,000 unseen): {acpm}. Distinct top-1: how many unseen classes are some image's first choice "
+        "(1: the same ranking for every image).",
     ]
     return "\n".join(lines)

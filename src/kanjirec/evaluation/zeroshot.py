@@ -128,5 +128,7 @@ def zero_shot_accuracy(
         "fully_reachable_samples": len(rows),
         "fully_reachable_top1": on_full["top1"],
         "fully_reachable_top5": on_full["top5"],
+        # How many candidates are anyone's first choice: 1 means a ranking that ignores the image.
+        "distinct_top1": len(np.unique(pred.topk_idx[:, 0])),
         "reachability": reachability(candidates, model.vocabulary, kvg),
     }
