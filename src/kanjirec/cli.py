@@ -726,6 +726,59 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
+# ---------------------------------------------------------------- zero-shot
+
+
+def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
+    """`zeroshot`: train the radical models on the first m kanji, rank the last 1,000 (zeroshot.py)."""
+
+    def run(a: argparse.Namespace) -> None:
+        from kanjirec.zeroshot import report_markdown, run_zeroshot
+
+        result = run_zeroshot(
+            a.work,
+            a.out or a.work / "results",
+            models=a.models,
+            ms=a.m,
+            budget=a.budget,
+            epochs=a.epochs,
+            size=a.size,
+            unseen=a.unseen,
+            test_writers=a.test_writers,
+            evaluate_only=a.evaluate_only,
+            seed=a.seed,
+        )
+        print(report_markdown(result))
+        print(f"wrote zeroshot.json, zeroshot.md and zeroshot.png to {a.out or a.work / 'results'}")
+
+    p = sub.add_parser(
+        "zeroshot",
+        help="zero-shot: train the radical models on the first m kanji, rank the last 1,000 by components",
+        description="Train radical_rnn and radical_attn_rnn on ETL9G's hiragana plus the first m JIS level-1 "
+        "kanji (fresh synthetic samples, the same budget at every m), then rank the last --unseen kanji "
+        "by their KanjiVG decompositions on synthetic writers never seen in training. Runs go to "
+        "<work>/runs/<model>_m<m> and resume if interrupted.",
+    )
+    p.add_argument("--work", type=Path, default=Path("runs/zeroshot"), help="folder for data and runs")
+    p.add_argument("--out", type=Path, help="folder for zeroshot.json/.md/.png (default: <work>/results)")
+    p.add_argument(
+        "--models", nargs="+", default=["radical_rnn", "radical_attn_rnn"], help="radical models to test"
+    )
+    p.add_argument("--m", type=int, nargs="+", default=[500, 1000, 1965], help="seen kanji counts")
+    p.add_argument(
+        "--budget", type=int, default=19_200, help="training samples seen per run (default 19,200)"
+    )
+    p.add_argument("--epochs", type=int, default=3, help="validation points the budget is split into")
+    p.add_argument(
+        "--size", choices=["cpu", "default"], default="cpu", help="model width: CPU scale or the registry's"
+    )
+    p.add_argument("--unseen", type=int, default=1000, help="unseen kanji: the last N in JIS order")
+    p.add_argument("--test-writers", type=int, default=5, help="synthetic writers of the unseen test data")
+    p.add_argument("--evaluate-only", action="store_true", help="score the runs under --work, train nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -758,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_ship(sub)
     _add_demo(sub)
+    _add_zeroshot(sub)
     return parser
 
 

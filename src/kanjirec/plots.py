@@ -54,3 +54,28 @@ def plot_training_curves(history: list[dict[str, Any]], out: str | Path, title: 
     if title:
         fig.suptitle(title)
     return save_figure(fig, out)
+
+
+def plot_zero_shot(result: dict[str, Any], out: str | Path) -> Path:
+    """Unseen-class top-1 and top-5 against the number of seen kanji m, per model, with ACPM's top-1
+    (CASIA-HWDB, Chinese) as reference points; titled with the run's scale (`zeroshot.run_zeroshot`)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = sorted({r["model"] for r in result["rows"]})
+    for i, model in enumerate(models):
+        rows = sorted((r for r in result["rows"] if r["model"] == model), key=lambda r: r["m"])
+        m = [r["m"] for r in rows]
+        color = f"C{i}"
+        ax.plot(m, [100 * r["top1"] for r in rows], marker="o", color=color, label=f"{model} top-1")
+        ax.plot(m, [100 * r["top5"] for r in rows], marker="o", ls="--", color=color, label=f"{model} top-5")
+    acpm = result["acpm_top1"]
+    ax.plot(
+        [int(k) for k in acpm], [100 * v for v in acpm.values()], "k^", label="ACPM top-1 (HWDB, Chinese)"
+    )
+    unseen = result["protocol"]["unseen"]
+    ax.axhline(100 * 5 / unseen, color="grey", ls=":", label="chance top-5")
+    ax.set_xlabel("seen kanji m")
+    ax.set_ylabel("accuracy on the unseen classes (%)")
+    ax.set_title(f"Zero-shot, {unseen:,} unseen kanji ({result['protocol']['scale']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out)

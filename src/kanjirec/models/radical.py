@@ -54,6 +54,14 @@ def _encoder(channels: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def decomposition_log_likelihood(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, K) mean Bernoulli log-likelihood of K multi-hot decompositions (K, V) under (B, V)
+    predicted component probabilities; higher is a better match."""
+    probs = probs.clamp(1e-6, 1 - 1e-6)
+    log_p, log_not_p = probs.log(), (1 - probs).log()
+    return (log_p @ targets.T + log_not_p @ (1 - targets).T) / targets.shape[1]
+
+
 class _ComponentModel(RecognitionModel):
     """Holds the component table as buffers and implements zero-shot scoring."""
 
@@ -106,10 +114,9 @@ class _ComponentModel(RecognitionModel):
         """(B, K) mean Bernoulli log-likelihood of each candidate's decomposition under the
         predicted component probabilities; higher is a better match. Works for characters the
         model never saw, as long as KanjiVG decomposes them into known components."""
-        targets = self.decomposition_targets(candidate_chars)
-        probs = self.predict_components(images).clamp(1e-6, 1 - 1e-6)
-        log_p, log_not_p = probs.log(), (1 - probs).log()
-        return (log_p @ targets.T + log_not_p @ (1 - targets).T) / targets.shape[1]
+        return decomposition_log_likelihood(
+            self.predict_components(images), self.decomposition_targets(candidate_chars)
+        )
 
 
 @register_model("radical_attn_rnn")
