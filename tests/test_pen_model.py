@@ -93,8 +93,15 @@ def test_pen_model_needs_stored_strokes(tmp_path) -> None:
     from kanjirec.data.synth import synthesize
 
     data = synthesize(list(CHARS[:3]), 6, tmp_path / "no_strokes", seed=0, log=lambda *a: None)
-    config = TrainConfig(model="stroke_rnn", data=str(data), out_dir=str(tmp_path / "runs"), epochs=1,
-                         batch_size=4, workers=0, model_config=dict(PEN))
+    config = TrainConfig(
+        model="stroke_rnn",
+        data=str(data),
+        out_dir=str(tmp_path / "runs"),
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        model_config=dict(PEN),
+    )
     with pytest.raises(DatasetFormatError, match="--with-strokes"):
         train(config, resume="none")
     assert not (tmp_path / "runs").exists()
@@ -103,8 +110,9 @@ def test_pen_model_needs_stored_strokes(tmp_path) -> None:
 def test_fresh_pen_batches_and_their_font_fraction(pen_data, tmp_path) -> None:
     from kanjirec.data.stream import SynthBatches
 
-    batches = SynthBatches(list(CHARS), seed=0, epoch=0, rank=0, steps=2, batch_size=5, font_fraction=0.0,
-                           pen_rows=30)
+    batches = SynthBatches(
+        list(CHARS), seed=0, epoch=0, rank=0, steps=2, batch_size=5, font_fraction=0.0, pen_rows=30
+    )
     (features, lengths), labels = batches[1]
     assert features.shape == (5, 30, 2 * PEN_POINTS + 3) and labels.shape == (5,)
     # Each sample's strokes are its class's KanjiVG strokes: 一 has 1, 日 has 4.
@@ -114,8 +122,16 @@ def test_fresh_pen_batches_and_their_font_fraction(pen_data, tmp_path) -> None:
     assert lengths.tolist() == [len(kvg[CHARS[c]].strokes) for c in labels]
     again, _ = batches[1]
     assert torch.equal(again[0], features)  # a step's batch depends on nothing else
-    config = TrainConfig(model="stroke_rnn", data=str(pen_data), out_dir=str(tmp_path / "runs"), epochs=1,
-                         batch_size=4, workers=0, synth_per_epoch=8, model_config=dict(PEN))
+    config = TrainConfig(
+        model="stroke_rnn",
+        data=str(pen_data),
+        out_dir=str(tmp_path / "runs"),
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        synth_per_epoch=8,
+        model_config=dict(PEN),
+    )
     with pytest.raises(ConfigError, match="synth_font_fraction"):
         train(config, resume="none")
 

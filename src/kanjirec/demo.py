@@ -22,7 +22,8 @@ DEMO_CONFIGS: dict[str, dict] = {
     "radical_attn_rnn": dict(channels=(16, 32, 64), embed_dim=64, hidden_size=96),
     "radical_rnn": dict(channels=(16, 32, 64), embed_dim=64, hidden_size=96, detector_hidden=128),
     "basic_rnn": dict(embed_dim=32, hidden_size=96),
-    "stroke_rnn": dict(hidden_size=128, head_hidden=128),
+    # Online: the stroke model reads the samples' pen trajectories (stored with the demo's data).
+    "stroke_rnn": dict(extractor="pen", hidden_size=128, head_hidden=128),
 }
 
 
@@ -103,13 +104,21 @@ def run_demo(
 
     data = out / "data"
     if (data / "meta.json").is_file():
+        if not PackedDataset.open(data).has_strokes:
+            raise KanjirecError(
+                f"{data} holds no pen trajectories (an older demo's data): remove it or pick another --out"
+            )
         print(f"[demo] reusing the dataset at {data}")
     else:
         chars = spread_subset(get_charset("etl9g"), classes)
-        print(f"[demo] synthesising {len(chars)} ETL9G classes x {per_class} samples into {data}")
-        synthesize(chars, per_class, data, seed=seed, workers=workers)
+        print(
+            f"[demo] synthesising {len(chars)} ETL9G classes x {per_class} samples, with their pen "
+            f"trajectories, into {data}"
+        )
+        synthesize(chars, per_class, data, seed=seed, workers=workers, with_strokes=True)
 
-    runs = []
+    runs, pen_results = [], {}
+    pen_models = {n for n in models if DEMO_CONFIGS.get(n, {}).get("extractor") == "pen"}
     for name in models:
         print(f"[demo] training {name} for {epochs} epochs")
         config = TrainConfig(
@@ -125,12 +134,22 @@ def run_demo(
             patience=0,
             model_config=dict(DEMO_CONFIGS.get(name, {})),
         )
-        train(config, resume="auto")
-        runs.append(config.run_dir)
+        final = train(config, resume="auto")
+        if name in pen_models:
+            pen_results[name] = final
+        else:
+            runs.append(config.run_dir)
 
-    print("[demo] comparing on the writer-disjoint test split")
+    print("[demo] comparing the image models on the writer-disjoint test split")
     result = compare(runs, data, out=out / "compare", robustness_samples=300, latency_runs=20, memory=False)
     print(compare_markdown(result))
+    for name, final in pen_results.items():
+        # compare and the ensemble score images; a pen model is scored by the trainer on the test
+        # split's written samples (print-font samples have no trajectory).
+        print(
+            f"[demo] {name} reads pen trajectories: test top-1 {final['test_top1']:.2%}, top-5 "
+            f"{final['test_top5']:.2%} on the {final['test_samples']} written test samples"
+        )
 
     print("[demo] ensembling every model: calibrated fitted weights or the plain mean, the better on val")
     ensemble = build_ensemble(runs, data, out / "ensemble.json", latency_runs=20)

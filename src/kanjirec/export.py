@@ -125,7 +125,9 @@ def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.
 def sample_strokes(batch: int = 2, seed: int = 0) -> list[list[np.ndarray]]:
     """Reproducible pen drawings of 1 to 4 random polylines each, for tracing pen models."""
     rng = np.random.default_rng(seed)
-    return [[rng.uniform(0, 64, (int(rng.integers(2, 6)), 2)) for _ in range(1 + b % 4)] for b in range(batch)]
+    return [
+        [rng.uniform(0, 64, (int(rng.integers(2, 6)), 2)) for _ in range(1 + b % 4)] for b in range(batch)
+    ]
 
 
 def export_onnx(

@@ -158,7 +158,7 @@ class OnnxModel(nn.Module):
 
     @property
     def input_kind(self) -> str:
-        """"pen" for a graph that reads pen trajectories (preprocessing 'strokes:pen:N'), else "images"."""
+        """ "pen" for a graph that reads pen trajectories (preprocessing 'strokes:pen:N'), else "images"."""
         return "pen" if self.preprocessing.startswith("strokes:pen:") else "images"
 
     @property
@@ -167,7 +167,9 @@ class OnnxModel(nn.Module):
 
     def pen_logits(self, features: np.ndarray, lengths: np.ndarray, threads: int | None = None) -> np.ndarray:
         """`data.sequences.pen_strokes` rows of a pen model's graph -> (B, C) logits."""
-        return self.session(threads).run(None, dict(zip(self._input_names, (features, lengths), strict=True)))[0]
+        return self.session(threads).run(
+            None, dict(zip(self._input_names, (features, lengths), strict=True))
+        )[0]
 
     def _features(self, kind: str, images: np.ndarray) -> list[np.ndarray]:
         if kind == "images":

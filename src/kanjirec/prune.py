@@ -89,9 +89,21 @@ def _linear(
         _copy(new.bias, old.bias[rows])
 
 
+def _hidden_scores(first: nn.Linear, second_weight: torch.Tensor) -> torch.Tensor:
+    """How much each MLP hidden unit carries: input-row norm x output-column norm."""
+    return first.weight.norm(dim=1) * second_weight.norm(dim=0)
+
+
 def _hidden_units(first: nn.Linear, second_weight: torch.Tensor, keep: int) -> torch.Tensor:
-    """MLP hidden units to keep: input-row norm x output-column norm."""
-    return _top(first.weight.norm(dim=1) * second_weight.norm(dim=0), keep)
+    """MLP hidden units to keep: the ``keep`` highest `_hidden_scores` (a batch norm between the two
+    layers: scaled by its weight's magnitude)."""
+    return _top(_hidden_scores(first, second_weight), keep)
+
+
+def _batch_norm(old: nn.BatchNorm1d, new: nn.BatchNorm1d, keep: torch.Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        _copy(getattr(new, name), getattr(old, name)[keep])
+    new.num_batches_tracked.copy_(old.num_batches_tracked)
 
 
 def _layer_norm(old: nn.LayerNorm, new: nn.LayerNorm, keep: torch.Tensor) -> None:
@@ -169,8 +181,11 @@ def _prune_cnn(old, new) -> None:
         hidden = _hidden_units(old_se.fc1, old_se.fc2.weight, se.fc1.out_features)
         _linear(old_se.fc1, se.fc1, inputs, hidden)
         _linear(old_se.fc2, se.fc2, hidden, inputs)
-    hidden = _hidden_units(old.head[2], old.head[5].weight, new.head[2].out_features)
-    _linear(old.head[2], new.head[2], inputs, hidden)
+    hidden = _top(
+        _hidden_scores(old.head[1], old.head[5].weight) * old.head[2].weight.abs(), new.head[1].out_features
+    )
+    _linear(old.head[1], new.head[1], inputs, hidden)
+    _batch_norm(old.head[2], new.head[2], hidden)
     _linear(old.head[5], new.head[5], hidden, None)
 
 
@@ -178,14 +193,17 @@ def _prune_hybrid(old, new) -> None:
     channels = _conv_stack(old.backbone, new.backbone, torch.arange(1))
     glob = _hidden_units(
         old.global_proj[0],
-        old.head[1].weight[:, : old.global_proj[0].out_features],
+        old.head[0].weight[:, : old.global_proj[0].out_features],
         new.global_proj[0].out_features,
     )
     _linear(old.global_proj[0], new.global_proj[0], channels, glob)
     seq = _lstm(old.lstm, new.lstm, channels)
     head_in = torch.cat([glob, old.global_proj[0].out_features + seq])
-    hidden = _hidden_units(old.head[1], old.head[4].weight, new.head[1].out_features)
-    _linear(old.head[1], new.head[1], head_in, hidden)
+    hidden = _top(
+        _hidden_scores(old.head[0], old.head[4].weight) * old.head[1].weight.abs(), new.head[0].out_features
+    )
+    _linear(old.head[0], new.head[0], head_in, hidden)
+    _batch_norm(old.head[1], new.head[1], hidden)
     _linear(old.head[4], new.head[4], hidden, None)
 
 
@@ -194,7 +212,9 @@ def _prune_basic_rnn(old, new) -> None:
     embed = _hidden_units(old.embed[0], old.lstm.weight_ih_l0, new.embed[0].out_features)
     _linear(old.embed[0], new.embed[0], None, embed)
     _layer_norm(old.embed[2], new.embed[2], embed)
-    _linear(old.head[1], new.head[1], _lstm(old.lstm, new.lstm, embed), None)
+    seq = _lstm(old.lstm, new.lstm, embed)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
+    _linear(old.head[1], new.head[1], seq, None)
 
 
 def _prune_radical_attn(old, new) -> None:
@@ -213,6 +233,7 @@ def _prune_radical_attn(old, new) -> None:
     )
     _linear(old.attention_score[0], new.attention_score[0], seq, score)
     _linear(old.attention_score[2], new.attention_score[2], score, None)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
     _linear(old.head[1], new.head[1], seq, None)
 
 
@@ -229,13 +250,16 @@ def _prune_radical_rnn(old, new) -> None:
     embed = _top(old.embedding.norm(dim=0) * old.lstm.weight_ih_l0.norm(dim=0), new.embedding.shape[1])
     _copy(new.embedding, old.embedding[:, embed])
     _layer_norm(old.embedding_norm, new.embedding_norm, embed)
-    _linear(old.head[1], new.head[1], _lstm(old.lstm, new.lstm, embed), None)
+    seq = _lstm(old.lstm, new.lstm, embed)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
+    _linear(old.head[1], new.head[1], seq, None)
 
 
 def _prune_stroke(old, new) -> None:
     first = torch.cat([old.lstm.forward_lstms[0].weight_ih_l0, old.lstm.backward_lstms[0].weight_ih_l0])
     embed = _hidden_units(old.embed[0], first, new.embed[0].out_features)
     _linear(old.embed[0], new.embed[0], None, embed)
+    _layer_norm(old.embed[2], new.embed[2], embed)
     inputs, hidden = embed, old.lstm.forward_lstms[0].hidden_size
     for layers in zip(
         old.lstm.forward_lstms,
