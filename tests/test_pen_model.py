@@ -122,6 +122,32 @@ def test_fresh_pen_batches_and_their_font_fraction(pen_data, tmp_path) -> None:
     assert lengths.tolist() == [len(kvg[CHARS[c]].strokes) for c in labels]
     again, _ = batches[1]
     assert torch.equal(again[0], features)  # a step's batch depends on nothing else
+    # Order variation: the same strokes, permuted only within KanjiVG components (語: 言 then 吾).
+    from kanjirec.data.kanjivg import component_stroke_groups
+
+    def batch(shuffle: float):
+        return SynthBatches(
+            ["語"],
+            seed=0,
+            epoch=0,
+            rank=0,
+            steps=1,
+            batch_size=8,
+            font_fraction=0.0,
+            pen_rows=30,
+            pen_order_shuffle=shuffle,
+        )[0][0]
+
+    (shuffled, _), (plain, n) = batch(1.0), batch(0.0)
+    groups = component_stroke_groups(kvg["語"])
+    assert [len(g) for g in groups] == [7, 7]  # 言, 吾
+    assert not torch.equal(shuffled, plain) and n.tolist() == [14] * 8
+
+    def rows(x, b, g):
+        return sorted(tuple(r) for r in x[b, g, : 2 * PEN_POINTS].numpy().round(4))
+
+    for b in range(8):  # each component's strokes stay in its own rows, in some order
+        assert all(rows(shuffled, b, g) == rows(plain, b, g) for g in groups)
     config = TrainConfig(
         model="stroke_rnn",
         data=str(pen_data),
@@ -133,6 +159,12 @@ def test_fresh_pen_batches_and_their_font_fraction(pen_data, tmp_path) -> None:
         model_config=dict(PEN),
     )
     with pytest.raises(ConfigError, match="synth_font_fraction"):
+        train(config, resume="none")
+    config.synth_per_epoch, config.pen_order_shuffle = 0, 0.5
+    with pytest.raises(ConfigError, match="synth_per_epoch"):
+        train(config, resume="none")
+    config.model, config.model_config, config.synth_per_epoch = "cnn", {}, 8
+    with pytest.raises(ConfigError, match="reads images"):
         train(config, resume="none")
 
 

@@ -172,6 +172,8 @@ def pen_samples(
             f"{ds.path}: model {config.model!r} reads pen trajectories and this dataset stores none; "
             "synthesise it with `kanjirec data synth --with-strokes`"
         )
+    if config.pen_order_shuffle and not config.synth_per_epoch:
+        raise ConfigError("pen_order_shuffle varies fresh synthetic samples: set synth_per_epoch too")
     if config.synth_per_epoch and config.synth_font_fraction > 0:
         raise ConfigError(
             f"model {config.model!r} reads pen trajectories, which print fonts do not have: "
@@ -209,6 +211,7 @@ def epoch_batches(
             first=first_step,
             size=ds.images.shape[-1],
             pen_rows=pen,
+            pen_order_shuffle=config.pen_order_shuffle,
         )
     order = epoch_order(train_idx, config.seed, epoch)[: steps_per_epoch * config.batch_size]
     batches = order.reshape(steps_per_epoch, config.batch_size)
@@ -381,6 +384,8 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
     pen = pen_rows(model)
     if pen:
         train_idx, val_idx, test_idx = pen_samples(config, ds, (train_idx, val_idx, test_idx))
+    elif config.pen_order_shuffle:
+        raise ConfigError(f"pen_order_shuffle: model {config.model!r} reads images, not pen trajectories")
     if config.batch_size % procs.world:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {procs.world} ranks")
     if config.synth_per_epoch:

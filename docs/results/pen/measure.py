@@ -23,21 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kanjirec.data.kanjivg import load_kanjivg
+from kanjirec.data.kanjivg import component_stroke_groups, load_kanjivg
 from kanjirec.data.store import PackedDataset
 from kanjirec.recognizer import Recognizer
-
-
-def component_groups(entry) -> list[list[int]]:
-    """Stroke indices of each top-level component of a KanjiVG entry, in writing order; strokes
-    under no component child form groups of their own."""
-    groups, covered = [], set()
-    for child in entry.root.children:
-        if child.stroke_indices:
-            groups.append(sorted(child.stroke_indices))
-            covered.update(child.stroke_indices)
-    rest = [[i] for i in range(len(entry.strokes)) if i not in covered]
-    return sorted(groups + rest, key=lambda g: g[0])
 
 
 def perturb(strokes, groups, kind: str, rng: np.random.Generator):
@@ -71,7 +59,7 @@ def main() -> None:
     labels = ds.labels[test].astype(np.int64)
     chars = [ds.classes[c] for c in labels]
     strokes = [ds.strokes_of(int(i)) for i in test]
-    groups = [component_groups(kvg[c]) for c in chars]
+    groups = [component_stroke_groups(kvg[c]) for c in chars]
     assert all(len(s) == len(kvg[c].strokes) for s, c in zip(strokes, chars, strict=True))
     online, offline = Recognizer.load(a.online_run), Recognizer.load(a.offline_run)
     assert online.reads_pen and not offline.reads_pen
