@@ -168,16 +168,16 @@ def test_prune_rejects_a_bad_amount() -> None:
 
 
 def test_pruning_removes_exactly_the_dead_units() -> None:
-    # Half the channels of every conv (batch norm scale and shift 0: they output 0 after ReLU) and
-    # half the head's hidden units are dead: pruning half of every width must drop exactly those,
+    # Half the channels of every conv and half the head's hidden units are dead (batch norm scale
+    # and shift 0: they output 0 after ReLU): pruning half of every width must drop exactly those,
     # reading every kept weight from the right place, so the logits do not change.
     torch.manual_seed(0)
     model = create_model("cnn", 4, classes=list("明林語川"), **SMALL["cnn"]).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        layers = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] + [model.head[2]]
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d))]
         for layer in layers:
-            if isinstance(layer, torch.nn.BatchNorm2d):
+            if isinstance(layer, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
                 layer.running_mean.normal_(generator=generator)
                 layer.running_var.uniform_(0.5, 2.0, generator=generator)
             width = layer.weight.shape[0]

@@ -76,6 +76,9 @@ class TrainConfig:
     synth_per_epoch: int = 0
     synth_font_fraction: float = 0.2  # of fresh samples drawn from print faces
     synth_fonts: str = "training"  # training: every installed training face | default: the 8 default faces
+    # pen models on fresh batches: share of samples whose strokes come in a random order within each
+    # KanjiVG component (real writers vary it), so recognition does not hinge on the standard order
+    pen_order_shuffle: float = 0.0
     init_weights: str = ""  # a checkpoint whose weights start the run (fine-tuning); empty: random init
     augment: dict[str, float] = field(default_factory=default_augment)
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +129,7 @@ class TrainConfig:
             ("synth_per_epoch", self.synth_per_epoch >= 0, "0 (the train split) or more"),
             ("synth_font_fraction", 0 <= self.synth_font_fraction <= 1, "in [0, 1]"),
             ("synth_fonts", self.synth_fonts in ("training", "default"), "'training' or 'default'"),
+            ("pen_order_shuffle", 0 <= self.pen_order_shuffle <= 1, "in [0, 1]"),
         ]
         for name, ok, requirement in checks:
             if not ok:

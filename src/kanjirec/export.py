@@ -83,7 +83,10 @@ def _quiet_exporter() -> Iterator[None]:
 def _trace(model: RecognitionModel | EnsembleModel, image_size: int, opset: int):
     """The ONNX program of ``model.forward_features`` with a dynamic batch axis, the sample features it
     was traced with, their input names, and PyTorch's logits on them."""
-    features = model.extract_features(sample_images(3, image_size))
+    if getattr(model, "input_kind", "images") == "pen":
+        features = model.pen_features(sample_strokes(3))
+    else:
+        features = model.extract_features(sample_images(3, image_size))
     names = list(model.feature_names())
     batch = torch.export.Dim("batch")
     # One entry for the wrapper's *xs, holding one spec per input.
@@ -117,6 +120,14 @@ def sample_images(batch: int = 2, image_size: int = 64, seed: int = 0) -> torch.
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch, 1, image_size // 8, image_size // 8, generator=generator) > 0.6
     return coarse.repeat_interleave(8, 2).repeat_interleave(8, 3).to(torch.uint8) * 255
+
+
+def sample_strokes(batch: int = 2, seed: int = 0) -> list[list[np.ndarray]]:
+    """Reproducible pen drawings of 1 to 4 random polylines each, for tracing pen models."""
+    rng = np.random.default_rng(seed)
+    return [
+        [rng.uniform(0, 64, (int(rng.integers(2, 6)), 2)) for _ in range(1 + b % 4)] for b in range(batch)
+    ]
 
 
 def export_onnx(

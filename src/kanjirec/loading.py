@@ -156,6 +156,21 @@ class OnnxModel(nn.Module):
             )
         return dict(zip(self._input_names, arrays, strict=True))
 
+    @property
+    def input_kind(self) -> str:
+        """ "pen" for a graph that reads pen trajectories (preprocessing 'strokes:pen:N'), else "images"."""
+        return "pen" if self.preprocessing.startswith("strokes:pen:") else "images"
+
+    @property
+    def max_strokes(self) -> int:
+        return int(self.preprocessing.split(":")[2])
+
+    def pen_logits(self, features: np.ndarray, lengths: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """`data.sequences.pen_strokes` rows of a pen model's graph -> (B, C) logits."""
+        return self.session(threads).run(
+            None, dict(zip(self._input_names, (features, lengths), strict=True))
+        )[0]
+
     def _features(self, kind: str, images: np.ndarray) -> list[np.ndarray]:
         if kind == "images":
             return [images[:, None].astype(np.float32) / 255.0]
@@ -165,6 +180,8 @@ class OnnxModel(nn.Module):
                 f"{self.path}: unknown preprocessing {kind!r} in its metadata "
                 "(expected 'images' or 'strokes:<extractor>:<max strokes>')"
             )
+        if parts[1] == "pen":
+            raise CheckpointError(f"{self.path}: this model reads pen strokes, not images")
         from kanjirec.data.sequences import extract_strokes
 
         return list(extract_strokes(images, parts[1], int(parts[2])))

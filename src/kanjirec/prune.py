@@ -205,8 +205,9 @@ def _prune_cnn(old, new) -> None:
     for old_block, block in zip(old.features, new.features, strict=True):
         inputs = _conv_stack(old_block, block, inputs)
         _squeeze_excite(old_block[-2], block[-2], inputs)
-    hidden = _hidden_units(old.head[2], old.head[5].weight, new.head[2].out_features)
-    _linear(old.head[2], new.head[2], inputs, hidden)
+    hidden = _hidden_units(old.head[1], old.head[5].weight, new.head[1].out_features, old.head[2])
+    _linear(old.head[1], new.head[1], inputs, hidden)
+    _batch_norm(old.head[2], new.head[2], hidden)
     _linear(old.head[5], new.head[5], hidden, None)
 
 
@@ -293,14 +294,15 @@ def _prune_hybrid(old, new) -> None:
     channels = _conv_stack(old.backbone, new.backbone, torch.arange(1))
     glob = _hidden_units(
         old.global_proj[0],
-        old.head[1].weight[:, : old.global_proj[0].out_features],
+        old.head[0].weight[:, : old.global_proj[0].out_features],
         new.global_proj[0].out_features,
     )
     _linear(old.global_proj[0], new.global_proj[0], channels, glob)
     seq = _lstm(old.lstm, new.lstm, channels)
     head_in = torch.cat([glob, old.global_proj[0].out_features + seq])
-    hidden = _hidden_units(old.head[1], old.head[4].weight, new.head[1].out_features)
-    _linear(old.head[1], new.head[1], head_in, hidden)
+    hidden = _hidden_units(old.head[0], old.head[4].weight, new.head[0].out_features, old.head[1])
+    _linear(old.head[0], new.head[0], head_in, hidden)
+    _batch_norm(old.head[1], new.head[1], hidden)
     _linear(old.head[4], new.head[4], hidden, None)
 
 
@@ -309,7 +311,9 @@ def _prune_basic_rnn(old, new) -> None:
     embed = _hidden_units(old.embed[0], old.lstm.weight_ih_l0, new.embed[0].out_features)
     _linear(old.embed[0], new.embed[0], None, embed)
     _layer_norm(old.embed[2], new.embed[2], embed)
-    _linear(old.head[1], new.head[1], _lstm(old.lstm, new.lstm, embed), None)
+    seq = _lstm(old.lstm, new.lstm, embed)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
+    _linear(old.head[1], new.head[1], seq, None)
 
 
 def _prune_radical_attn(old, new) -> None:
@@ -328,6 +332,7 @@ def _prune_radical_attn(old, new) -> None:
     )
     _linear(old.attention_score[0], new.attention_score[0], seq, score)
     _linear(old.attention_score[2], new.attention_score[2], score, None)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
     _linear(old.head[1], new.head[1], seq, None)
 
 
@@ -344,13 +349,16 @@ def _prune_radical_rnn(old, new) -> None:
     embed = _top(old.embedding.norm(dim=0) * old.lstm.weight_ih_l0.norm(dim=0), new.embedding.shape[1])
     _copy(new.embedding, old.embedding[:, embed])
     _layer_norm(old.embedding_norm, new.embedding_norm, embed)
-    _linear(old.head[1], new.head[1], _lstm(old.lstm, new.lstm, embed), None)
+    seq = _lstm(old.lstm, new.lstm, embed)
+    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
+    _linear(old.head[1], new.head[1], seq, None)
 
 
 def _prune_stroke(old, new) -> None:
     first = torch.cat([old.lstm.forward_lstms[0].weight_ih_l0, old.lstm.backward_lstms[0].weight_ih_l0])
     embed = _hidden_units(old.embed[0], first, new.embed[0].out_features)
     _linear(old.embed[0], new.embed[0], None, embed)
+    _layer_norm(old.embed[2], new.embed[2], embed)
     inputs, hidden = embed, old.lstm.forward_lstms[0].hidden_size
     for layers in zip(
         old.lstm.forward_lstms,

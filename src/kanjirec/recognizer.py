@@ -17,6 +17,11 @@ Any image is brought to the project's convention before the graph runs:
    normalisation, crop to the ink, aspect-preserving resize to 64x64 and centring;
 4. the model's own feature step (for an ONNX file, the one its metadata names, run outside the
    graph by `loading.OnnxModel`).
+
+Pen strokes (``read_strokes``: what the browser page and ``POST /recognize`` send) go to a model
+that reads pen trajectories (``input_kind == "pen"``, the online ``stroke_rnn``) as they are,
+through `data.sequences.pen_strokes`; any other model reads them drawn as an image by
+`data.pen.strokes_to_image`, the training renderer's convention.
 """
 
 from __future__ import annotations
@@ -138,4 +143,45 @@ class Recognizer:
     def __call__(
         self, image: str | Path | Image.Image | np.ndarray, top_k: int | None = None
     ) -> list[tuple[str, float]]:
+        if self.reads_pen:
+            raise RecognizerError(f"{self.loaded.name} reads pen strokes, not images: use read_strokes")
         return self.top(to_convention(image, self.image_size)[None], top_k)[0]
+
+    @property
+    def reads_pen(self) -> bool:
+        """True when the model reads pen trajectories rather than images."""
+        return getattr(self.model, "input_kind", "images") == "pen"
+
+    def stroke_probabilities(self, drawings) -> np.ndarray:
+        """Drawings (each a list of (k, 2) x, y strokes in writing order, y down, any units) -> (B, C)
+        class probabilities of a model that reads pen trajectories."""
+        from kanjirec.data.sequences import pen_strokes
+
+        if not self.reads_pen:
+            raise RecognizerError(f"{self.loaded.name} reads images: draw the strokes first (read_strokes)")
+        features, lengths = pen_strokes(drawings, self.model.max_strokes)
+        if isinstance(self.model, OnnxModel):
+            logits = self.model.pen_logits(features, lengths, self.threads)
+        else:
+            with torch_threads(self.threads), torch.inference_mode():
+                inputs = (torch.from_numpy(features), torch.from_numpy(lengths))
+                logits = self.model(inputs).float().numpy()
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def read_strokes(
+        self, strokes, width: float, height: float, top_k: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Pen strokes (each a (k, 2) array or list of x, y canvas points, in writing order) drawn on a
+        ``width`` x ``height`` canvas -> the top-k (char, prob): the strokes themselves for a model
+        that reads pen trajectories, else the image `data.pen.strokes_to_image` draws of them."""
+        from kanjirec.data.pen import strokes_to_image
+
+        strokes = [np.asarray(s, np.float64).reshape(-1, 2) for s in strokes]
+        if self.reads_pen:
+            if not strokes or any(len(s) == 0 for s in strokes):
+                raise RecognizerError("strokes: expected at least one stroke, each with at least one point")
+            probs = self.stroke_probabilities([strokes])
+            best = np.argsort(-probs, axis=1, kind="stable")[0, : top_k or self.top_k]
+            return [(self.classes[i], float(probs[0, i])) for i in best]
+        return self.top(strokes_to_image(strokes, width, height, self.image_size)[None], top_k)[0]

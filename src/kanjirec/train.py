@@ -103,15 +103,18 @@ def step_generator(seed: int, epoch: int, step: int, rank: int) -> torch.Generat
 
 
 class BatchReader(Dataset):
-    """Item i is batch i of a precomputed index array: (uint8 images (b,1,S,S), int64 labels (b,)).
+    """Item i is batch i of a precomputed index array: (inputs, int64 labels (b,)), the inputs being
+    uint8 images (b,1,S,S), or for a pen model (``pen_rows`` > 0, its ``max_strokes``) the
+    (features, lengths) of the samples' stored pen trajectories (`data.sequences.pen_strokes`).
 
     The packed dataset is opened lazily in each process and never pickled (its memory-mapped
     shards would be copied into every worker).
     """
 
-    def __init__(self, data_path: str | Path, batches: list[np.ndarray]) -> None:
+    def __init__(self, data_path: str | Path, batches: list[np.ndarray], pen_rows: int = 0) -> None:
         self.data_path = Path(data_path)
         self.batches = batches
+        self.pen_rows = pen_rows
         self._ds: PackedDataset | None = None
 
     def __len__(self) -> int:
@@ -121,9 +124,13 @@ class BatchReader(Dataset):
         if self._ds is None:
             self._ds = PackedDataset.open(self.data_path)
         idx = self.batches[i]
-        images = torch.from_numpy(self._ds.images[idx])[:, None]
         labels = torch.from_numpy(self._ds.labels[idx].astype(np.int64))
-        return images, labels
+        if self.pen_rows:
+            from kanjirec.data.sequences import pen_strokes
+
+            features, lengths = pen_strokes([self._ds.strokes_of(j) for j in idx], self.pen_rows)
+            return (torch.from_numpy(features), torch.from_numpy(lengths)), labels
+        return torch.from_numpy(self._ds.images[idx])[:, None], labels
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_ds": None}
@@ -143,6 +150,39 @@ def batch_loader(config: TrainConfig, batches: Dataset, device: torch.device) ->
     )
 
 
+def pen_rows(model: nn.Module) -> int:
+    """The rows of a pen model's input (its ``max_strokes``); 0 for a model that reads images."""
+    return model.max_strokes if getattr(model, "input_kind", "images") == "pen" else 0
+
+
+def to_device(inputs, device: torch.device):
+    """A batch's model inputs (a tensor, or a tuple of tensors for a pen model) on ``device``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    return tuple(t.to(device, non_blocking=True) for t in inputs)
+
+
+def pen_samples(
+    config: TrainConfig, ds: PackedDataset, splits: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, ...]:
+    """A pen model's train, val and test samples: those with stored pen strokes (print-font samples
+    have none); clear errors when the data cannot feed it."""
+    if not ds.has_strokes:
+        raise DatasetFormatError(
+            f"{ds.path}: model {config.model!r} reads pen trajectories and this dataset stores none; "
+            "synthesise it with `kanjirec data synth --with-strokes`"
+        )
+    if config.pen_order_shuffle and not config.synth_per_epoch:
+        raise ConfigError("pen_order_shuffle varies fresh synthetic samples: set synth_per_epoch too")
+    if config.synth_per_epoch and config.synth_font_fraction > 0:
+        raise ConfigError(
+            f"model {config.model!r} reads pen trajectories, which print fonts do not have: "
+            "set synth_font_fraction = 0 for its fresh synthetic batches"
+        )
+    has = ds.stroke_counts() > 0
+    return tuple(idx[has[idx]] for idx in splits)
+
+
 def epoch_batches(
     config: TrainConfig,
     ds: PackedDataset,
@@ -151,6 +191,7 @@ def epoch_batches(
     first_step: int,
     steps_per_epoch: int,
     procs: Processes,
+    pen: int = 0,
 ) -> Dataset:
     """The rest of an epoch's batches from ``first_step`` on, this rank's slice of each global batch:
     fresh synthetic samples, or the train split in the (seed, epoch) order."""
@@ -169,11 +210,13 @@ def epoch_batches(
             font_set=config.synth_fonts,
             first=first_step,
             size=ds.images.shape[-1],
+            pen_rows=pen,
+            pen_order_shuffle=config.pen_order_shuffle,
         )
     order = epoch_order(train_idx, config.seed, epoch)[: steps_per_epoch * config.batch_size]
     batches = order.reshape(steps_per_epoch, config.batch_size)
     batches = batches[first_step:, procs.rank * local_batch : (procs.rank + 1) * local_batch]
-    return BatchReader(config.data, list(batches))
+    return BatchReader(config.data, list(batches), pen)
 
 
 class LossStep(nn.Module):
@@ -183,8 +226,8 @@ class LossStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float):
-        return self.model.training_loss(images, labels, label_smoothing=label_smoothing)
+    def forward(self, inputs, labels: torch.Tensor, label_smoothing: float):
+        return self.model.training_loss(inputs, labels, label_smoothing=label_smoothing)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -231,11 +274,12 @@ def evaluate_split(
     sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top1, top5, count
     was_training = model.training
     model.eval()
-    for images, labels in batch_loader(config, BatchReader(config.data, batches), procs.device):
-        images = images.to(procs.device, non_blocking=True)
+    reader = BatchReader(config.data, batches, pen_rows(model))
+    for inputs, labels in batch_loader(config, reader, procs.device):
+        inputs = to_device(inputs, procs.device)
         labels = labels.to(procs.device, non_blocking=True)
         with torch.autocast(procs.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images).float()
+            logits = model(inputs).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]
         sums += torch.stack(
@@ -335,6 +379,13 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
     # -- data: uint8 images until the model; the split is stored with the dataset
     ds = PackedDataset.open(config.data)
     train_idx, val_idx, test_idx = ds.indices("train"), ds.indices("val"), ds.indices("test")
+    model = create_model(config.model, len(ds.classes), classes=ds.classes, **config.model_config).to(device)
+    config.model_config = dict(model.config)  # resolved: every keyword argument, defaults included
+    pen = pen_rows(model)
+    if pen:
+        train_idx, val_idx, test_idx = pen_samples(config, ds, (train_idx, val_idx, test_idx))
+    elif config.pen_order_shuffle:
+        raise ConfigError(f"pen_order_shuffle: model {config.model!r} reads images, not pen trajectories")
     if config.batch_size % procs.world:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over {procs.world} ranks")
     if config.synth_per_epoch:
@@ -352,9 +403,7 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
         raise DatasetFormatError(f"{ds.path}: the val split is empty; best.pt and early stopping need it")
     total_steps = steps_per_epoch * config.epochs
 
-    # -- model, optimizer, schedule, precision
-    model = create_model(config.model, len(ds.classes), classes=ds.classes, **config.model_config).to(device)
-    config.model_config = dict(model.config)  # resolved: every keyword argument, defaults included
+    # -- optimizer, schedule, precision
     optimizer = make_optimizer(model, config, device)
     scheduler = make_scheduler(optimizer, config, total_steps)
     autocast_dtype = amp_dtype(config, device)
@@ -435,7 +484,7 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
 
     t_train = time.perf_counter()
     while epoch < config.epochs and not stopped_early:
-        batches = epoch_batches(config, ds, train_idx, epoch, step_in_epoch, steps_per_epoch, procs)
+        batches = epoch_batches(config, ds, train_idx, epoch, step_in_epoch, steps_per_epoch, procs, pen)
         model.train()
         t_epoch, samples_seen = time.perf_counter(), 0
         bar = tqdm(
@@ -446,14 +495,15 @@ def train(config: TrainConfig, resume: str = "auto") -> dict[str, Any]:
             dynamic_ncols=True,
             leave=False,
         )
-        for images, labels in batch_loader(config, batches, device):
-            images = images.to(device, non_blocking=True)
+        for inputs, labels in batch_loader(config, batches, device):
+            inputs = to_device(inputs, device)
             labels = labels.to(device, non_blocking=True)
-            images = augment_batch(
-                images, config.augment, step_generator(config.seed, epoch, step_in_epoch, procs.rank)
-            )
+            if not pen:  # image distortions; a pen model's fresh or stored writers are its variety
+                inputs = augment_batch(
+                    inputs, config.augment, step_generator(config.seed, epoch, step_in_epoch, procs.rank)
+                )
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss, logits, extras = loss_step(images, labels, config.label_smoothing)
+                loss, logits, extras = loss_step(inputs, labels, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.grad_clip > 0:

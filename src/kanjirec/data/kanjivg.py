@@ -387,3 +387,16 @@ def load_kanjivg() -> dict[str, KanjiEntry]:
         pickle.dump(_pack(entries), f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, cache)
     return entries
+
+
+def component_stroke_groups(entry: KanjiEntry) -> list[list[int]]:
+    """The stroke indices of each top-level component of ``entry`` (語: those of 言, then of 吾), in
+    writing order; a stroke under no component is a group of its own. Real writers vary the order
+    of strokes inside such a group far more than the order of the groups."""
+    groups, covered = [], set()
+    for child in entry.root.children:
+        if child.stroke_indices:
+            groups.append(sorted(child.stroke_indices))
+            covered.update(child.stroke_indices)
+    rest = [[i] for i in range(len(entry.strokes)) if i not in covered]
+    return sorted(groups + rest, key=lambda g: g[0])

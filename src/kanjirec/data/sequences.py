@@ -21,17 +21,25 @@ element that does not connect across the batch axis), per-component statistics b
 and reduceat. Components smaller than ``min_pixels`` are specks and dropped; an image with more
 than ``max_strokes`` units keeps the largest ones.
 
-True pen trajectories (``PackedDataset.strokes_of`` of synthetic data) would be a third
-source of the same per-stroke rows; that extractor is not implemented yet.
+* ``pen_strokes``: numpy, outside the graph. The online input: true pen trajectories (the stored
+  strokes of synthetic samples, ``PackedDataset.strokes_of``, or what a pen or the browser page
+  sends), one row per pen-down stroke in writing order, so a row boundary is a pen-up. A row is
+  the stroke resampled to ``PEN_POINTS`` points evenly spaced along its arc (x, y each), its arc
+  length, and the pen-up move from the previous stroke's end to its start (dx, dy; zero for the
+  first), all in the drawing's own frame: the centre of the bounding box of every point at 0 and
+  its longer side spanning 2, so canvas units, pixels and KanjiVG units give the same rows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-STROKE_FEATURES = {"contour": 8, "skeleton": 9}
+PEN_POINTS = 8  # points per stroke row of the online input
+STROKE_FEATURES = {"contour": 8, "skeleton": 9, "pen": 2 * PEN_POINTS + 3}
 INK_THRESHOLD = 128
 # Rows of the writing order: a unit's band is its top edge in quarters of the image height.
 _ORDER_BANDS = 4
@@ -231,3 +239,40 @@ def extract_strokes(
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown stroke extractor {extractor!r}; use one of {', '.join(EXTRACTORS)}")
     return EXTRACTORS[extractor](images, max_strokes=max_strokes)
+
+
+def _resample_evenly(points: np.ndarray, count: int) -> tuple[np.ndarray, float]:
+    """A polyline (k, 2) -> ``count`` points evenly spaced along its arc (a dot repeats), and its length."""
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    if arc[-1] <= 0:
+        return np.repeat(points[:1], count, axis=0), 0.0
+    t = np.linspace(0.0, arc[-1], count)
+    return np.stack([np.interp(t, arc, points[:, 0]), np.interp(t, arc, points[:, 1])], axis=1), arc[-1]
+
+
+def pen_strokes(
+    samples: Sequence[Sequence[np.ndarray]], max_strokes: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pen trajectories (per sample, its strokes in writing order, each (k, 2) x, y with y down) ->
+    features (B, max_strokes, 2 * PEN_POINTS + 3) float32, lengths (B,) int64.
+
+    A sample with more than ``max_strokes`` strokes keeps its first ``max_strokes`` (the model's
+    input has that many rows); a sample with no strokes gets length 0."""
+    feats = np.zeros((len(samples), max_strokes, STROKE_FEATURES["pen"]), np.float32)
+    lengths = np.zeros(len(samples), np.int64)
+    for b, strokes in enumerate(samples):
+        strokes = [np.asarray(s, np.float64).reshape(-1, 2) for s in strokes[:max_strokes]]
+        strokes = [s for s in strokes if len(s)]
+        if not strokes:
+            continue
+        everything = np.concatenate(strokes)
+        low, high = everything.min(axis=0), everything.max(axis=0)
+        centre, half = (low + high) / 2, max(float((high - low).max()) / 2, 1e-6)
+        previous_end = None
+        for i, stroke in enumerate(strokes):
+            points, length = _resample_evenly((stroke - centre) / half, PEN_POINTS)
+            move = points[0] - previous_end if previous_end is not None else np.zeros(2)
+            feats[b, i] = np.concatenate([points.ravel(), [length], move])
+            previous_end = points[-1]
+        lengths[b] = len(strokes)
+    return feats, lengths

@@ -383,12 +383,21 @@ class PackedDataset:
             raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
         return np.flatnonzero(self.split == SPLITS.index(split)).astype(np.int64)
 
-    def strokes_of(self, i: int) -> list[np.ndarray]:
+    def _stroke_arrays(self) -> dict[str, np.ndarray]:
         if not self.has_strokes:
-            raise DatasetFormatError(f"{self.path}: this dataset stores no stroke sequences")
+            raise DatasetFormatError(
+                f"{self.path}: this dataset stores no stroke sequences (synthesise it with --with-strokes)"
+            )
         if self._strokes is None:
             self._strokes = _load_strokes(self.path / "strokes.npz", len(self))
-        st = self._strokes
+        return self._strokes
+
+    def stroke_counts(self) -> np.ndarray:
+        """(N,) the number of stored pen strokes of each sample (0 for a print-font sample)."""
+        return np.diff(self._stroke_arrays()["sample_ptr"])
+
+    def strokes_of(self, i: int) -> list[np.ndarray]:
+        st = self._stroke_arrays()
         a, b = st["sample_ptr"][i], st["sample_ptr"][i + 1]
         ptr = st["stroke_ptr"]
         return [st["points"][ptr[k] : ptr[k + 1]].astype(np.float32) for k in range(a, b)]

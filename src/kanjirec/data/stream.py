@@ -34,7 +34,9 @@ def font_faces(font_set: str) -> list:
 
 
 class SynthBatches(Dataset):
-    """Item i: (uint8 images (b, 1, S, S), int64 labels (b,)) of step ``first + i`` of ``epoch``."""
+    """Item i: (uint8 images (b, 1, S, S), int64 labels (b,)) of step ``first + i`` of ``epoch``; for a
+    pen model (``pen_rows`` > 0, its ``max_strokes``), the inputs are the (features, lengths) of the
+    fresh samples' pen trajectories (`data.sequences.pen_strokes`) and every sample is written."""
 
     def __init__(
         self,
@@ -49,13 +51,18 @@ class SynthBatches(Dataset):
         font_set: str = "training",
         first: int = 0,
         size: int = 64,
+        pen_rows: int = 0,
+        pen_order_shuffle: float = 0.0,
     ) -> None:
         if not 0.0 <= font_fraction <= 1.0:
             raise SynthError(f"synth_font_fraction must lie in [0, 1], got {font_fraction}")
+        if pen_rows and font_fraction > 0:
+            raise SynthError("pen trajectories come from written samples only: synth_font_fraction must be 0")
         self.classes = list(classes)
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.steps, self.first, self.batch_size = steps, first, batch_size
         self.font_fraction, self.font_set, self.size = font_fraction, font_set, size
+        self.pen_rows, self.pen_order_shuffle = pen_rows, pen_order_shuffle
         self._sources = None  # built lazily in each worker process: nothing heavy is pickled
 
     def __len__(self) -> int:
@@ -79,6 +86,8 @@ class SynthBatches(Dataset):
         # always are.
         want_font = (rng.uniform(0, 1, self.batch_size) < self.font_fraction) & src.covered[labels]
         use_font = want_font | ~src.has_strokes[labels]
+        if self.pen_rows:
+            return self._pen_batch(src, labels, use_font, rng)
         images = np.empty((self.batch_size, self.size, self.size), np.uint8)
         strokes = np.flatnonzero(~use_font)
         if len(strokes):
@@ -100,6 +109,21 @@ class SynthBatches(Dataset):
                 cache.clear()  # a few glyphs per batch: drawing them again is cheaper than keeping thousands
         return torch.from_numpy(images)[:, None], torch.from_numpy(labels.astype(np.int64))
 
+    def _pen_batch(self, src, labels, use_font, rng):
+        from kanjirec.data.sequences import pen_strokes
+
+        if use_font.any():
+            missing = "".join(sorted({self.classes[c] for c in labels[use_font]}))
+            raise SynthError(f"no KanjiVG strokes, so no pen trajectories, for the classes {missing}")
+        style = draw_writer_styles(rng, len(labels), region="train")
+        _, strokes = stroke_images(src.bank, src.bank_index[labels], style, rng, self.size, with_strokes=True)
+        for i in np.flatnonzero(rng.uniform(0, 1, len(labels)) < self.pen_order_shuffle):
+            groups = src.stroke_groups[labels[i]]
+            strokes[i] = [strokes[i][k] for g in groups for k in rng.permutation(g)]
+        features, lengths = pen_strokes(strokes, self.pen_rows)
+        inputs = (torch.from_numpy(features), torch.from_numpy(lengths))
+        return inputs, torch.from_numpy(labels.astype(np.int64))
+
 
 class _Sources:
     """What one process needs to render any class: the stroke bank and the font faces."""
@@ -107,7 +131,7 @@ class _Sources:
     @classmethod
     def build(cls, classes: Sequence[str], font_set: str | None, size: int) -> _Sources:
         from kanjirec.data.fonts import GlyphCache
-        from kanjirec.data.kanjivg import load_kanjivg
+        from kanjirec.data.kanjivg import component_stroke_groups, load_kanjivg
         from kanjirec.data.synth import StrokeBank
 
         torch.set_num_threads(1)
@@ -118,6 +142,7 @@ class _Sources:
         self.bank = StrokeBank.build([kvg[c] for c in stroke_classes])
         self.bank_index = np.full(len(classes), -1, np.int64)
         self.bank_index[self.has_strokes] = np.arange(len(stroke_classes))
+        self.stroke_groups = [component_stroke_groups(kvg[c]) if c in kvg else [] for c in classes]
         faces = font_faces(font_set) if font_set else []
         self.caches = [GlyphCache(f, 2 * size, smooth=True) for f in faces]
         cover = np.array([f.covers(classes) for f in faces]).reshape(len(faces), len(classes))

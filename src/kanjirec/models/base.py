@@ -45,6 +45,9 @@ class RecognitionModel(nn.Module):
     #: What the exported ONNX graph takes: "images" (float (B,1,64,64) in [0,1]) for models whose
     #: whole pipeline is tensor ops; anything else names a feature extractor the Recognizer runs.
     feature_kind: str = "images"
+    #: What the model reads: "images", or "pen" (true pen trajectories, ``data.sequences.pen_strokes``
+    #: rows: the trainer, evaluation and the Recognizer give it strokes instead of images).
+    input_kind: str = "images"
     name: str = ""
 
     def __init__(self, num_classes: int) -> None:

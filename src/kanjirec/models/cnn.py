@@ -15,8 +15,13 @@ from kanjirec.models.base import RecognitionModel, SqueezeExcite, conv_bn_relu
 class PlainCNN(RecognitionModel):
     """Blocks of ``convs_per_block`` 3x3 Conv-BN-ReLU + squeeze-excitation + 2x2 max-pool.
 
-    64x64 input, four blocks -> 4x4x256, global average pool -> MLP head. About 2.9M
-    parameters at 3,036 classes, most of them in the head.
+    64x64 input, four blocks -> 4x4x256, global average pool -> MLP head whose hidden layer is
+    batch-normalised. About 2.9M parameters at 3,036 classes, most of them in the head.
+
+    The batch norm in the head: without it the head read small pooled features (std ~0.4 at init,
+    logits ~0.15) and the demo's 300 AdamW steps went by before it separated classes (train top-1
+    1% after the first epoch, 37% test after six); normalised as in mobile_cnn, the first epoch
+    already reads 8% (docs/results/learning/).
     """
 
     def __init__(
@@ -39,8 +44,8 @@ class PlainCNN(RecognitionModel):
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout),
             nn.Linear(in_ch, head_hidden),
+            nn.BatchNorm1d(head_hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, num_classes),

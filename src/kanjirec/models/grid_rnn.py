@@ -42,6 +42,9 @@ class GridRNN(RecognitionModel):
         self.cell_norm = nn.InstanceNorm1d(4, affine=True)
         self.embed = nn.Sequential(nn.Linear(4 * grid, embed_dim), nn.ReLU(), nn.LayerNorm(embed_dim))
         self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
+        # The LSTM's pooled outputs are small (logits ~0.05 at init): batch-normalised, the classifier
+        # separates classes from the first steps (docs/results/learning/).
+        self.pooled_norm = nn.BatchNorm1d(2 * hidden_size)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -50,4 +53,4 @@ class GridRNN(RecognitionModel):
         cells = self.cell_norm(cells.transpose(1, 2)).transpose(1, 2)
         rows = cells.reshape(cells.shape[0], self.grid, 4 * self.grid)  # row-major cells -> (B, rows, 4*grid)
         out, _ = self.lstm(self.embed(rows))
-        return self.head(out.mean(dim=1))
+        return self.head(self.pooled_norm(out.mean(dim=1)))

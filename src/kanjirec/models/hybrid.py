@@ -17,7 +17,7 @@ class HybridCNNRNN(RecognitionModel):
 
     global path: mean of the 16 cells -> Linear(256, 512) -> ReLU;
     sequence path: the 16 cells (row-major) -> BiLSTM(256, 2 layers) -> mean pool (512);
-    concat (1024) -> 256 -> classes.
+    concat (1024) -> 256, batch-normalised -> classes (the head's batch norm: see models.cnn).
     """
 
     def __init__(
@@ -46,8 +46,8 @@ class HybridCNNRNN(RecognitionModel):
         self.global_proj = nn.Sequential(nn.Linear(in_ch, global_dim), nn.ReLU(inplace=True))
         self.lstm = bilstm(in_ch, hidden_size, num_layers, dropout)
         self.head = nn.Sequential(
-            nn.Dropout(dropout),
             nn.Linear(global_dim + 2 * hidden_size, head_hidden),
+            nn.BatchNorm1d(head_hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(head_hidden, num_classes),

@@ -175,6 +175,9 @@ class RadicalAttentionRNN(_ComponentModel):
         self.attention_score = nn.Sequential(
             nn.Linear(2 * hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1)
         )
+        # The attention-pooled LSTM output is small (logits ~0.06 at init): batch-normalised, the
+        # classifier separates classes from the first steps (docs/results/learning/).
+        self.pooled_norm = nn.BatchNorm1d(2 * hidden_size)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def _slot_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +198,7 @@ class RadicalAttentionRNN(_ComponentModel):
     def _classify(self, component_logits: torch.Tensor, nothing_logits: torch.Tensor) -> torch.Tensor:
         x, _ = self.lstm(self.embedding_norm(self.slot_embeddings(component_logits, nothing_logits)))
         weights = torch.softmax(self.attention_score(x), dim=1)  # (B, S, 1)
-        return self.head((weights * x).sum(dim=1))
+        return self.head(self.pooled_norm((weights * x).sum(dim=1)))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._classify(*self._slot_logits(images))
@@ -250,6 +253,7 @@ class RadicalSequenceRNN(_ComponentModel):
         self.embedding = nn.Parameter(torch.randn(v, embed_dim) * embed_dim**-0.5)
         self.embedding_norm = nn.LayerNorm(embed_dim)
         self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
+        self.pooled_norm = nn.BatchNorm1d(2 * hidden_size)  # as in radical_attn_rnn
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def _slot_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -261,7 +265,7 @@ class RadicalSequenceRNN(_ComponentModel):
         present = 1.0 - probs[:, :, -1:]  # soft mask (B, L, 1)
         x, _ = self.lstm(self.embedding_norm(probs[:, :, :-1] @ self.embedding))
         pooled = (x * present).sum(dim=1) / (present.sum(dim=1) + 1e-6)
-        return self.head(pooled)
+        return self.head(self.pooled_norm(pooled))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self._classify(self._slot_logits(images))

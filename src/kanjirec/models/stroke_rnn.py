@@ -1,21 +1,24 @@
-"""Stroke RNN (seed section 3b): stroke-like units of the ink -> BiLSTM -> attention -> head.
+"""Stroke RNN (seed section 3b): one row per stroke -> BiLSTM -> attention -> head.
 
-The units come from ``data.sequences.extract_strokes`` (``extractor="contour"``: the seed's
-connected components / external contours; ``"skeleton"``: segments of the thinned ink between
-junctions). Labelling and thinning are numpy/scipy and have no ONNX operators, so this model is
-split: ``extract_features(images) -> (features, lengths)`` runs outside the graph and
-``forward_features(features, lengths) -> logits`` is what ``export_onnx`` exports; the
-``Recognizer`` runs the extractor named in the ONNX metadata before the graph. The extraction
-is not differentiable with respect to the image (a threshold); every parameter still trains.
+Two kinds of input, one architecture (``extractor``):
+
+* online, ``"pen"``: true pen trajectories, one row per pen-down stroke in writing order
+  (``data.sequences.pen_strokes``: the stroke resampled to 8 points, its length and the pen-up move
+  before it). The model reads strokes, not images (``input_kind = "pen"``): it trains on the stored
+  trajectories of synthetic samples (``data synth --with-strokes``) or on fresh synthetic ones, and
+  the Recognizer and ``POST /recognize`` give it the drawing's strokes. Calling it on images is an
+  error.
+* offline, ``"contour"`` or ``"skeleton"``: stroke-like units guessed from the ink of an image
+  (``data.sequences.extract_strokes``: connected components, or segments of the thinned ink).
+  Labelling and thinning are numpy/scipy and have no ONNX operators, so ``extract_features(images)
+  -> (features, lengths)`` runs outside the graph and ``forward_features(features, lengths) ->
+  logits`` is what ``export_onnx`` exports; the ``Recognizer`` runs the extractor named in the ONNX
+  metadata before the graph.
 
 The seed packs the sequences (``pack_padded_sequence``); packed sequences do not export to
 ONNX, so ``LengthMaskedBiLSTM`` gets the same result with tensor ops: the forward direction
 runs over the padded batch (padding only follows the real steps, so it cannot reach them) and
 the backward direction runs over each sequence reversed within its own length.
-
-Hook for true pen strokes: ``forward_features`` takes any (B, T, F) rows with lengths, so an
-extractor that turns ``PackedDataset.strokes_of`` trajectories into the same rows could train
-this model on real stroke order; it is not implemented.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kanjirec.data.sequences import STROKE_FEATURES, extract_strokes
+from kanjirec.data.sequences import STROKE_FEATURES, extract_strokes, pen_strokes
+from kanjirec.errors import KanjirecError
 from kanjirec.models import register_model
 from kanjirec.models.base import RecognitionModel, check_images
 
@@ -57,10 +61,14 @@ class LengthMaskedBiLSTM(nn.Module):
         return x
 
 
+class PenModelInputError(KanjirecError):
+    """An online (pen) model was given images: it reads strokes."""
+
+
 @register_model("stroke_rnn")
 class StrokeRNN(RecognitionModel):
-    """Stroke rows -> Linear(F, hidden/2) -> BiLSTM(hidden, layers) -> 8-head self-attention
-    over the real strokes -> max pool -> MLP head."""
+    """Stroke rows -> Linear(F, hidden/2) + LayerNorm -> BiLSTM(hidden, layers) -> 8-head
+    self-attention over the real strokes -> max pool -> MLP head."""
 
     def __init__(
         self,
@@ -82,7 +90,13 @@ class StrokeRNN(RecognitionModel):
         self.extractor = extractor
         self.max_strokes = max_strokes
         self.feature_kind = f"strokes:{extractor}:{max_strokes}"
-        self.embed = nn.Sequential(nn.Linear(STROKE_FEATURES[extractor], hidden_size // 2), nn.ReLU())
+        self.input_kind = "pen" if extractor == "pen" else "images"
+        # LayerNorm: the raw rows are small and uneven in scale; without it the embedding's gradient
+        # started 70x below the head's and the model barely moved in the demo's steps
+        # (docs/results/diagnosis.md, stroke_rnn).
+        self.embed = nn.Sequential(
+            nn.Linear(STROKE_FEATURES[extractor], hidden_size // 2), nn.ReLU(), nn.LayerNorm(hidden_size // 2)
+        )
         self.lstm = LengthMaskedBiLSTM(hidden_size // 2, hidden_size, num_layers, dropout)
         self.attention = nn.MultiheadAttention(2 * hidden_size, num_heads, dropout=dropout, batch_first=True)
         self.head = nn.Sequential(
@@ -96,7 +110,27 @@ class StrokeRNN(RecognitionModel):
     def feature_names(self) -> tuple[str, ...]:
         return ("strokes", "lengths")
 
+    def pen_features(self, samples) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pen trajectories (per sample, its strokes as (k, 2) x, y arrays in writing order) -> the
+        inputs of ``forward`` for an online model: (features, lengths)."""
+        features, lengths = pen_strokes(samples, self.max_strokes)
+        return torch.from_numpy(features), torch.from_numpy(lengths)
+
+    def forward(self, inputs) -> torch.Tensor:
+        """Images (offline), or the (features, lengths) pair of ``pen_features`` (online)."""
+        if self.input_kind == "pen":
+            if isinstance(inputs, torch.Tensor):
+                raise PenModelInputError(
+                    "this stroke_rnn reads pen trajectories (extractor 'pen'), not images: give it strokes"
+                )
+            return self.forward_features(*inputs)
+        return super().forward(inputs)
+
     def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_kind == "pen":
+            raise PenModelInputError(
+                "this stroke_rnn reads pen trajectories (extractor 'pen'), not images: give it strokes"
+            )
         check_images(images)
         if images.dtype != torch.uint8:
             # The extractors threshold the dataset convention; float [0, 1] input is scaled back.

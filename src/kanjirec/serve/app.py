@@ -6,7 +6,9 @@ Routes (docs/SERVE.md has examples):
   ``{"width": W, "height": H, "strokes": [[[x, y], ...], ...]}`` (points in writing order) ->
   ``{"candidates": [{"char": "田", "prob": 0.93}, ...]}``. An image goes through
   `recognizer.to_convention`, a drawing through `data.pen.strokes_to_image` (the training
-  renderer's convention); concurrent requests share model calls (`batching.Batcher`).
+  renderer's convention); concurrent requests share model calls (`batching.Batcher`). A model
+  that reads pen trajectories (an online ``stroke_rnn``) gets the drawing's strokes themselves
+  (`Recognizer.stroke_probabilities`) and refuses image uploads (422).
 - ``GET /health``: the model's name, kind and classes, and the batching settings.
 - ``GET /``: the "Draw a kanji" page (`serve.web`; docs/WEB.md), with its files, ``/model.json``
   (`web.page_config`) and ``/model.onnx`` (when the model is an ONNX file of images, which the page
@@ -75,6 +77,17 @@ def _draw(payload: object, size: int) -> np.ndarray:
         raise HTTPException(422, f"bad drawing: {e}") from e
 
 
+def _pen_probabilities(recognizer, payload: object) -> np.ndarray:
+    """A drawing -> class probabilities of a model that reads pen trajectories."""
+    from kanjirec.data.pen import PenInputError, parse_strokes
+
+    try:
+        strokes, _, _ = parse_strokes(payload)
+    except PenInputError as e:
+        raise HTTPException(422, f"bad drawing: {e}") from e
+    return recognizer.stroke_probabilities([strokes])[0]
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
@@ -120,7 +133,8 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start(np.zeros((recognizer.image_size, recognizer.image_size), np.uint8))
+        if not recognizer.reads_pen:  # a pen model reads each drawing's strokes (`_pen_probabilities`)
+            await batcher.start(np.zeros((recognizer.image_size, recognizer.image_size), np.uint8))
         yield
         await batcher.stop()
 
@@ -144,6 +158,8 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
     async def recognize(request: Request, top_k: int = Query(10, ge=1)) -> dict:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
+            if recognizer.reads_pen:
+                raise HTTPException(422, f"model {loaded.name} reads pen strokes: send a drawing as JSON")
             data = await _upload_bytes(request, config.max_upload_bytes)
             image = await run_in_threadpool(_decode_upload, data, recognizer.image_size, config.max_pixels)
         elif kind == "application/json":
@@ -154,6 +170,10 @@ def create_app(recognizer, config: ServeConfig | None = None) -> FastAPI:
                 raise HTTPException(400, f"malformed JSON: {e}") from e
             except RecursionError as e:
                 raise HTTPException(400, "malformed JSON: nested too deeply") from e
+            if recognizer.reads_pen:
+                probs = await run_in_threadpool(_pen_probabilities, recognizer, payload)
+                best = np.argsort(-probs, kind="stable")[:top_k]
+                return {"candidates": [{"char": classes[i], "prob": float(probs[i])} for i in best]}
             image = await run_in_threadpool(_draw, payload, recognizer.image_size)
         else:
             raise HTTPException(
