@@ -312,7 +312,8 @@ def _prune_basic_rnn(old, new) -> None:
     _linear(old.embed[0], new.embed[0], None, embed)
     _layer_norm(old.embed[2], new.embed[2], embed)
     seq = _lstm(old.lstm, new.lstm, embed)
-    _batch_norm(old.pooled_norm, new.pooled_norm, seq)
+    if isinstance(old.pooled_norm, nn.BatchNorm1d):
+        _batch_norm(old.pooled_norm, new.pooled_norm, seq)
     _linear(old.head[1], new.head[1], seq, None)
 
 

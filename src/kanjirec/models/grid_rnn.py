@@ -32,6 +32,7 @@ class GridRNN(RecognitionModel):
         hidden_size: int = 192,
         num_layers: int = 2,
         dropout: float = 0.3,
+        pooled_norm: bool = True,
     ) -> None:
         super().__init__(num_classes)
         self.grid = grid
@@ -43,8 +44,9 @@ class GridRNN(RecognitionModel):
         self.embed = nn.Sequential(nn.Linear(4 * grid, embed_dim), nn.ReLU(), nn.LayerNorm(embed_dim))
         self.lstm = bilstm(embed_dim, hidden_size, num_layers, dropout)
         # The LSTM's pooled outputs are small (logits ~0.05 at init): batch-normalised, the classifier
-        # separates classes from the first steps (docs/results/learning/).
-        self.pooled_norm = nn.BatchNorm1d(2 * hidden_size)
+        # separates classes from the first steps (docs/results/learning/). pooled_norm=False is the
+        # model before that fix, and a model whose training does not depend on the batch's make-up.
+        self.pooled_norm = nn.BatchNorm1d(2 * hidden_size) if pooled_norm else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden_size, num_classes))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
