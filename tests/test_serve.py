@@ -160,7 +160,7 @@ def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx):
         assert status == 200 and health["kind"] == "onnx" and health["classes"] == len(READ_CHARS)
         client = Client(port=port)
         status, page = client.request("GET", "/")
-        assert status == 200 and "<canvas id=\"pad\"" in page  # the drawing page (test_web_page.py)
+        assert status == 200 and '<canvas id="pad"' in page  # the drawing page (test_web_page.py)
         status, config = client.request("GET", "/model.json")
         assert status == 200 and config["model"] == "model.onnx"
         assert sorted(config["classes"]) == sorted(READ_CHARS)
