@@ -4,14 +4,13 @@ DDP: `kanjirec train` started by the real launcher, ``python -m torch.distribute
 --standalone --nproc-per-node 2`` (what ``torchrun`` runs), as 2 CPU ranks (gloo), ends with
 the weights of the same command in one process.
 
-Tolerance: with the same global batch (8), data order and initial weights, DDP averages the
-two ranks' mean gradients, which equals the one-process mean gradient up to float summation
-order, so a model without BatchNorm (basic_rnn with pooled_norm=False; dropout and augmentation
-off because each rank draws its own) ends within 2e-5 after 6 AdamW steps (measured: 1e-7 to
-6.3e-6). Models with BatchNorm normalise each rank's 4 samples instead of all 8; for the tiny CNN
-of these tests that moves the weights by about a third of the training update after 6 steps, which is BatchNorm's
-known per-rank statistics, not an error (SyncBatchNorm removes it), so no tolerance is asserted
-for them.
+Tolerance: with the same global batch (8), data order and initial weights, DDP averages the two
+ranks' mean gradients, which equals the one-process mean gradient up to float summation order, so a
+model without BatchNorm (basic_rnn with pooled_norm=False; dropout and augmentation off because each
+rank draws its own) ends within 2e-5 after 6 AdamW steps (measured: 1e-7 to 6.3e-6). Models with
+BatchNorm normalise each rank's 4 samples instead of all 8; for the tiny CNN of these tests that
+moves the weights by about a third of the training update after 6 steps, which is BatchNorm's known
+per-rank statistics, not an error (SyncBatchNorm removes it), so no tolerance is asserted for them.
 
 Workers: batches are read by worker processes but augmented in the main process from a
 generator seeded by (seed, epoch, step, rank), so 0 and 2 workers train bit-identical weights.
