@@ -175,3 +175,7 @@ def test_bench_styles_keeps_the_rendered_families_for_later_runs(tmp_path, capsy
     assert a["families"] == b["families"] and len(a["families"]) == 1 + len(held_out_faces())
     assert main([*first, "--data", str(tmp_path / "held"), "--keep-data", str(tmp_path / "c")]) == 2
     assert "not both" in capsys.readouterr().err
+    # Without --classes, the families are rendered for the model's own classes (here: kana).
+    assert main([*first[:4], "--out", str(tmp_path / "own")]) == 0
+    own = json.loads((tmp_path / "own" / "styles.json").read_text(encoding="utf-8"))
+    assert own["families"] == a["families"]

@@ -461,7 +461,7 @@ def _add_bench_styles(bsub: argparse._SubParsersAction) -> None:
 
     p = bsub.add_parser("styles", help="top-1 on style families no training data contains, per family")
     p.add_argument("--model", help="run folder, checkpoint, .onnx or ensemble (default: the shipped model)")
-    p.add_argument("--classes", default="kana+jis1", help="class set to render (default kana+jis1)")
+    p.add_argument("--classes", help="class set to render (default: the model's own classes)")
     p.add_argument("--per-class", type=int, default=1, help="samples per class and family (default 1)")
     p.add_argument("--data", type=Path, help="reuse held-out families rendered before (a packed dataset)")
     p.add_argument("--keep-data", type=Path, help="keep the rendered families here, for later --data")

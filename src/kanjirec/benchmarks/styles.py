@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 REGION_FAMILY = "brush-cursive"
-DEFAULT_CLASSES = "kana+jis1"
 SEED = 20261202  # fixed: every run renders the same held-out samples
 
 
@@ -87,7 +86,7 @@ def render_families(
 def run(
     model: str | Path | None = None,
     *,
-    classes: str = DEFAULT_CLASSES,
+    classes: str | None = None,
     per_class: int = 1,
     data: str | Path | None = None,
     out: str | Path | None = None,
@@ -96,7 +95,8 @@ def run(
 ) -> dict:
     """Render the held-out families (into ``keep`` if given, for later runs' ``data``; or reuse
     ``data``, made by an earlier run) and score ``model`` (None: the shipped model) on each; returns
-    the report, also written to ``out`` if given."""
+    the report, also written to ``out`` if given. ``classes``: a class-set name to render, or None
+    for the model's own classes."""
     from kanjirec.charset import get_charset
     from kanjirec.evaluation.report import evaluate
     from kanjirec.loading import load_any
@@ -106,14 +106,15 @@ def run(
     with tempfile.TemporaryDirectory(prefix="kanjirec-styles-") as tmp:
         if data is None:
             target = Path(keep) if keep is not None else Path(tmp) / "held_out"
-            data = render_families(get_charset(classes), target, per_class=per_class)
+            chars = lm.classes if classes is None else get_charset(classes)
+            data = render_families(chars, target, per_class=per_class)
             log(f"rendered the held-out families in {time.perf_counter() - t0:.0f} s")
         report = evaluate(lm, data, split=None)
     families = sorted(report["per_writer"], key=lambda w: w["writer"] != REGION_FAMILY)
     result = {
         "model": lm.name,
         "model_path": str(lm.path) if lm.path else None,
-        "classes": classes,
+        "classes": classes or f"the model's {len(lm.classes):,} classes",
         "per_class": per_class,
         "seed": SEED,
         "families": families,
