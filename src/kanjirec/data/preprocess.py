@@ -67,7 +67,7 @@ def normalize_images(
     for start in range(0, len(images), _CHUNK):
         chunk = np.ascontiguousarray(images[start : start + _CHUNK])
         background, top = _levels(chunk, max_level)
-        x = torch.from_numpy(chunk).float()
+        x = torch.from_numpy(chunk.astype(np.float32))  # a copy: `chunk` may be a read-only view
         scale = torch.from_numpy(top - background).float().clamp_min(0.5)
         x = ((x - torch.from_numpy(background).float()[:, None, None]) / scale[:, None, None]).clamp_(0, 1)
         out[start : start + _CHUNK] = _resize_chunk(x, size, crop, margin).numpy()
