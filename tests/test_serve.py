@@ -129,36 +129,13 @@ def test_concurrent_requests_share_model_calls(service):
         )
 
 
-def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx):
-    import socket
-    import subprocess
-    import sys
+def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx, tmp_path):
+    from kanjirec.benchmarks.serve import ServiceProcess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "kanjirec.cli",
-        "serve",
-        "--model",
-        str(reader_onnx),
-        "--port",
-        str(port),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            try:
-                status, health = Client(port=port, timeout=5).health()
-                break
-            except OSError:
-                time.sleep(0.2)
+    with ServiceProcess(reader_onnx, tmp_path / "serve.log") as service:
+        client = Client(port=service.port)
+        status, health = client.health()
         assert status == 200 and health["kind"] == "onnx" and health["classes"] == len(READ_CHARS)
-        client = Client(port=port)
         status, page = client.request("GET", "/")
         assert status == 200 and '<canvas id="pad"' in page  # the drawing page (test_web_page.py)
         status, config = client.request("GET", "/model.json")
@@ -166,7 +143,6 @@ def test_the_serve_command_runs_an_exported_model_and_stops(reader_onnx):
         assert sorted(config["classes"]) == sorted(READ_CHARS)
         status, onnx = client.request("GET", "/model.onnx")
         assert status == 200 and len(onnx) > 1000
-    finally:
-        process.terminate()
-        process.wait(20)
-    assert f"on http://127.0.0.1:{port}" in process.stdout.read()
+        client.close()
+    assert not service.alive
+    assert f"on http://127.0.0.1:{service.port}" in service.log.read_text()

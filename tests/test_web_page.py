@@ -1,6 +1,6 @@
 """The drawing page in a real browser (Debian's headless Chromium under Selenium): characters drawn
 stroke by stroke from KanjiVG paths with pen pointer events are read in the browser without a word
-to the server; undo, clear, picking a candidate, image upload; the raw strokes sent to the server on
+to the server; undo, clear, picking a candidate, image upload and paste; the raw strokes sent to the server on
 request, and the fallback to the server when WebAssembly is unavailable. Leaves a screenshot of the
 page in docs/images/web_page.png. The drivers are those of `kanjirec bench web`."""
 
@@ -127,6 +127,31 @@ def test_an_uploaded_image_is_read_by_the_server(service, browser, kanjivg, tmp_
     browser.find_element("id", "upload").send_keys(str(png))
     WebDriverWait(browser, 30, 0.01).until(lambda d: "Candidates for the image" in page.status)
     assert page.candidates()[0][0] == "木"
+    assert service.requests[before:] == [("POST", "/recognize", "multipart/form-data")]
+
+
+def test_a_pasted_image_is_read_by_the_server(service, browser, kanjivg):
+    import base64
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = DrawingPage(browser, service.url)
+    ink = strokes_to_image([s.points * 2 for s in kanjivg["水"].strokes], 218, 218, 128)
+    buffer = io.BytesIO()
+    Image.fromarray(255 - ink).save(buffer, format="PNG")
+    before = len(service.requests)
+    # What Ctrl+V with an image on the clipboard delivers: a paste event carrying the file.
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "", { type: "image/png" }));
+        document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, cancelable: true }));
+        """,
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
+    WebDriverWait(browser, 30, 0.01).until(lambda d: "pasted from the clipboard" in page.status)
+    assert page.candidates()[0][0] == "水"
     assert service.requests[before:] == [("POST", "/recognize", "multipart/form-data")]
 
 

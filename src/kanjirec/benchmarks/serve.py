@@ -152,10 +152,13 @@ def _load(port: int, clients: int, requests: int, seconds: float, valid, junk, j
     }
 
 
-class _Service:
-    """`kanjirec serve` in a subprocess on a free loopback port; stopped on exit."""
+class ServiceProcess:
+    """`kanjirec serve` in a subprocess on a free loopback port, its output in ``log``; a context
+    manager that waits for /health on entry and stops the service on exit (also used by the tests)."""
 
-    def __init__(self, model: Path, max_batch: int, max_wait_ms: float, log: Path):
+    def __init__(
+        self, model: Path, log: Path, max_batch: int | None = None, max_wait_ms: float | None = None
+    ):
         self.port = _free_port()
         self.log = log
         self._log = open(log, "w")  # noqa: SIM115 - closed in __exit__
@@ -169,17 +172,14 @@ class _Service:
             "--host",
             "127.0.0.1",
         ]
-        command += [
-            "--port",
-            str(self.port),
-            "--max-batch",
-            str(max_batch),
-            "--max-wait-ms",
-            str(max_wait_ms),
-        ]
+        command += ["--port", str(self.port)]
+        if max_batch is not None:  # otherwise the command's defaults
+            command += ["--max-batch", str(max_batch)]
+        if max_wait_ms is not None:
+            command += ["--max-wait-ms", str(max_wait_ms)]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def __enter__(self) -> _Service:
+    def __enter__(self) -> ServiceProcess:
         from kanjirec.errors import KanjirecError
         from kanjirec.serve.client import Client
 
@@ -266,7 +266,8 @@ def bench_serve(
         results = []
         crashes = 0
         for mode, max_batch in (("batching", 32), ("no batching", 1)):
-            with _Service(Path(model), max_batch, max_wait_ms, tmp / f"serve-{max_batch}.log") as service:
+            log = tmp / f"serve-{max_batch}.log"
+            with ServiceProcess(Path(model), log, max_batch, max_wait_ms) as service:
                 _load(service.port, 4, 4 * len(valid), seconds, valid, junk, 0)  # warm-up, not counted
                 for clients in levels:
                     r = _load(service.port, clients, requests, seconds, valid, junk, junk_every)

@@ -54,6 +54,12 @@ _FORM_REFERENCES = (
 )
 _REGIONS = ("SC", "TC", "HK")
 _WEIGHT_CHUNK = 16
+# Thickening keeps a glyph's counters open: it stops where the narrower quarter of the gaps between
+# strokes would close to below a hairline (1/64 em, a pixel at 64 px). A uniform dilation to "heavier
+# than black" otherwise fills dense characters solid (Noto Serif CJK JP at 0.15 em: 39% top-1 for
+# the shipped model, 99% at 0.05 em); black faces keep their counters by design, and so do we.
+HAIRLINE_EM = 1 / 64
+_GAP_QUANTILE = 25
 
 
 def install_hint(packages: Iterable[str]) -> str:
@@ -356,7 +362,7 @@ def stroke_width(face: FontFace, res: int = 128) -> float:
     cache = GlyphCache(face, res)
     cache.get(probes)
     fields = [signed_distance(cache._glyphs[c]) for c in probes]
-    half = np.concatenate([d.astype(np.float32)[centre > 0] for d, centre in fields])
+    half = np.concatenate([d.astype(np.float32)[centre > 0] for d, centre, _ in fields])
     return float(2 * np.median(half) / res)
 
 
@@ -380,13 +386,13 @@ class GlyphCache:
         self._baseline = res / 2 + _em_centre(face.path, face.index) * res
         self._glyphs: dict[str, np.ndarray] = {}  # uint8 coverage as Pillow drew it
         self._smooth_glyphs: dict[str, np.ndarray] = {}
-        self._fields: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # see `signed_distance`
+        self._fields: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # see `signed_distance`
 
     def get(self, chars: Sequence[str], weight: np.ndarray | None = None) -> np.ndarray:
         """(n, res, res) float32 glyphs; raises FontError naming the characters the face lacks.
 
         ``weight`` (n,): each sample's change of stroke width, in em (0.01 em is 0.64 px at 64 px;
-        negative thins, down to a hairline; positive thickens without bound)."""
+        negative thins, down to a hairline; positive thickens until the glyph's counters would close)."""
         todo = [c for c in dict.fromkeys(chars) if c not in self._glyphs]
         if todo:
             covered = self.face.covers(todo)
@@ -407,8 +413,8 @@ class GlyphCache:
         for b0 in range(0, len(chars), _WEIGHT_CHUNK):
             part = slice(b0, b0 + _WEIGHT_CHUNK)
             fields = [self._field(c) for c in chars[part]]
-            distance, centre = (np.stack(f) for f in zip(*fields, strict=True))
-            ink = apply_weight(distance, centre, weight[part], self.res)
+            distance, centre, gap = (np.stack(f) for f in zip(*fields, strict=True))
+            ink = apply_weight(distance, centre, weight[part], self.res, gap)
             out[part] = _smooth(ink) if self.smooth else ink
         return out
 
@@ -425,7 +431,7 @@ class GlyphCache:
             self._smooth_glyphs[char] = _smooth(ink[None])[0]
         return self._smooth_glyphs[char]
 
-    def _field(self, char: str) -> tuple[np.ndarray, np.ndarray]:
+    def _field(self, char: str) -> tuple[np.ndarray, np.ndarray, float]:
         if char not in self._fields:
             self._fields[char] = signed_distance(self._glyphs[char])
         return self._fields[char]
@@ -451,9 +457,11 @@ def _smooth(ink: np.ndarray) -> np.ndarray:
     return out
 
 
-def signed_distance(glyph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def signed_distance(glyph: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """A glyph's (uint8 coverage, (R, R)) signed distance to its outline in pixels, positive inside
-    (float16), and its centre lines: the glyph's coverage there, 0 elsewhere (uint8).
+    (float16), its centre lines: the glyph's coverage there, 0 elsewhere (uint8), and its narrow gap:
+    the `_GAP_QUANTILE` percentile of the half-widths of the gaps between its strokes (pixels; inf
+    when it has none), measured on the gaps' own centre lines inside the glyph's bounding box.
 
     Pixels the outline crosses take their distance from their coverage (``g - 0.5``, within half a
     pixel of the outline), the rest half a pixel more than their distance to the nearest pixel on
@@ -465,7 +473,8 @@ def signed_distance(glyph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     g = glyph.astype(np.float32) / np.float32(255)
     inside = g >= 0.5
     if not inside.any():  # a blank glyph (a space): nothing to thicken or thin
-        return (g - np.float32(0.5) - np.float32(glyph.shape[-1])).astype(np.float16), np.zeros_like(glyph)
+        blank = (g - np.float32(0.5) - np.float32(glyph.shape[-1])).astype(np.float16)
+        return blank, np.zeros_like(glyph), float("inf")
     edge = (glyph > 0) & (glyph < 255)  # pixels the outline crosses
     p = np.pad(inside, 1, mode="edge")
     contour = edge | (p[1:-1, :-2] != inside) | (p[1:-1, 2:] != inside)
@@ -474,7 +483,13 @@ def signed_distance(glyph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.negative(dist, out=dist, where=~inside)
     dist[edge] = g[edge] - np.float32(0.5)
     centre = inside & (_across_maxima(dist) | _across_maxima(dist.T).T)
-    return dist.astype(np.float16), np.where(centre, glyph, 0).astype(np.uint8)
+    rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+    box = np.zeros_like(inside)
+    box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+    background = -dist
+    gaps = box & ~inside & (_across_maxima(background) | _across_maxima(background.T).T)
+    gap = float(np.percentile(background[gaps], _GAP_QUANTILE)) if gaps.any() else float("inf")
+    return dist.astype(np.float16), np.where(centre, glyph, 0).astype(np.uint8), gap
 
 
 def _across_maxima(dist: np.ndarray) -> np.ndarray:
@@ -483,12 +498,19 @@ def _across_maxima(dist: np.ndarray) -> np.ndarray:
     return (mid > d[:, 1:-3]) & (mid >= d[:, 3:-1]) & (mid > d[:, 4:])
 
 
-def apply_weight(distance: np.ndarray, centre: np.ndarray, weight: np.ndarray, res: int) -> np.ndarray:
-    """Ink (n, R, R) in [0, 1] of glyphs given by their signed distances (n, R, R) and centre lines
-    (`signed_distance`) with every stroke ``weight`` em wider (negative: narrower). Thinning stops at
-    each stroke's centre line (one pixel wide: a hairline), so no stroke vanishes or breaks;
-    thickening grows every stroke alike and fills the counters of dense characters, as heavy ink does."""
-    shift = weight.astype(np.float32) * np.float32(res / 2) + np.float32(0.5)  # pixels each side
+def apply_weight(
+    distance: np.ndarray, centre: np.ndarray, weight: np.ndarray, res: int, gap: np.ndarray | None = None
+) -> np.ndarray:
+    """Ink (n, R, R) in [0, 1] of glyphs given by their signed distances (n, R, R), centre lines and
+    narrow gaps (n,) (`signed_distance`) with every stroke ``weight`` em wider (negative: narrower).
+    Thinning stops at each stroke's centre line (one pixel wide: a hairline), so no stroke vanishes or
+    breaks; thickening grows every stroke alike, but no further than leaves the glyph's narrow gap a
+    hairline wide (`HAIRLINE_EM`), so a dense character stays readable as a black face draws it."""
+    shift = weight.astype(np.float32) * np.float32(res / 2)  # pixels each side
+    if gap is not None:
+        room = np.maximum(np.asarray(gap, np.float32) - np.float32(HAIRLINE_EM * res / 2), 0)
+        shift = np.where(shift > 0, np.minimum(shift, room), shift)
+    shift = shift.astype(np.float32) + np.float32(0.5)
     ink = distance.astype(np.float32)
     ink += shift[:, None, None]
     np.clip(ink, 0, 1, out=ink)

@@ -845,7 +845,8 @@ def font_styles(
 ) -> dict[str, np.ndarray]:
     """Per-sample styles of ``n`` samples set in ``face``: a random writer's scan finish, no stroke mess,
     and a stroke weight that takes the face's strokes to a width drawn from a hairline (0.016 em) to
-    heavier than black print (0.15 em); a fixed change would turn bold faces into blobs. Without
+    heavier than black print (0.15 em; a dense character stops thickening where its counters would
+    close, `fonts.apply_weight`); a fixed change would turn bold faces into blobs. Without
     ``weight`` the face keeps its own stroke width (how the held-out faces are measured)."""
     from kanjirec.data.fonts import stroke_width
 
