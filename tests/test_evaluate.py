@@ -81,6 +81,10 @@ def test_confused_pairs_and_per_writer_accuracy(id_dataset, tmp_path):
         wrong = ((labels == 0) | ((labels == 2) & (writer == "T/w0")))[mask]
         assert row["samples"] == mask.sum()
         assert row["top1"] == pytest.approx(1 - wrong.mean())
+        expected = ["あ->い"] * int((labels[mask] == 0).sum()) + ["う->あ"] * int(
+            ((labels == 2) & (writer == "T/w0"))[mask].sum()
+        )
+        assert sorted(row["misread"]) == sorted(expected)  # which characters this writer loses, and to what
 
 
 @pytest.mark.usefixtures("fixed_logits_registered")

@@ -140,5 +140,9 @@ def report_markdown(r: dict) -> str:
         f"| **all** | {sum(f['samples'] for f in r['families']):,} | {100 * r['overall_top1']:.2f}% |",
         "",
         f"Worst family: {100 * r['worst_family_top1']:.2f}% (target: >= 90% on every family).",
+        "",
+        "Read wrong (true->read, the first 40 per family):",
+        "",
+        *(f"- {f['writer']}: {' '.join(f['misread']) or '-'}" for f in r["families"] if "misread" in f),
     ]
     return "\n".join(lines)

@@ -90,6 +90,16 @@ def confused_pairs(pred: Predictions, top: int = 20, samples: int = 4) -> list[C
     return pairs
 
 
+MISREAD_SHOWN = 40
+
+
+def misread(pred: Predictions, classes: Sequence[str], rows: np.ndarray) -> list[str]:
+    """The first `MISREAD_SHOWN` samples among ``rows`` (a mask) read wrong, as "true->read" strings in
+    sample order: which characters one writer (or font family) loses, and to what."""
+    wrong = np.flatnonzero(rows & pred.known & ~pred.correct)[:MISREAD_SHOWN]
+    return [f"{classes[pred.targets[i]]}->{classes[pred.topk_idx[i, 0]]}" for i in wrong]
+
+
 def metrics_report(
     pred: Predictions,
     classes: Sequence[str],
@@ -115,7 +125,12 @@ def metrics_report(
             for c in np.flatnonzero(class_n)
         ],
         "per_writer": [
-            {"writer": writer_names[w], "samples": int(writer_n[w]), "top1": float(writer_acc[w])}
+            {
+                "writer": writer_names[w],
+                "samples": int(writer_n[w]),
+                "top1": float(writer_acc[w]),
+                "misread": misread(pred, classes, writer_ids == w),
+            }
             for w in np.flatnonzero(writer_n)
         ],
         "confused_pairs": [
