@@ -35,7 +35,10 @@ def _initializers(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(path)
+    try:
+        proto = onnx.load(path)
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
+        raise KanjirecError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e})") from e
     tensors = {t.name.removeprefix("inner."): numpy_helper.to_array(t) for t in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
     return tensors, meta

@@ -43,13 +43,16 @@ def main() -> None:
     for target in TARGETS:
         row = []
         for weigh in (capped, uncapped):
-            fonts.apply_weight = weigh
-            style = font_styles(face, np.random.default_rng(1), len(chars))
-            style["font_weight"] = np.full(len(chars), target - stroke_width(face))
-            images = font_images(GlyphCache(face, 128, smooth=True), chars, style, np.random.default_rng(2))
+            fonts.apply_weight = weigh  # GlyphCache.get calls it through the module
+            try:
+                style = font_styles(face, np.random.default_rng(1), len(chars))
+                style["font_weight"] = np.full(len(chars), target - stroke_width(face))
+                cache = GlyphCache(face, 128, smooth=True)
+                images = font_images(cache, chars, style, np.random.default_rng(2))
+            finally:
+                fonts.apply_weight = capped
             top = [t[0][0] for t in rec.top(images, 1)]
             row.append(100 * np.mean([t == c for t, c in zip(top, chars, strict=True)]))
-        fonts.apply_weight = capped
         print(f"| {target:.3f} | {row[0]:.2f}% | {row[1]:.2f}% |")
 
 

@@ -38,7 +38,7 @@ def main() -> None:
     a = p.parse_args()
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharey=True)
     kept = {}
-    for ax, model in zip(axes.flat, MODELS, strict=False):
+    for ax, model in zip(axes.flat[: len(MODELS)], MODELS, strict=True):  # 8 panels, 7 models
         for label, root, colour in (("before", a.before, "tab:red"), ("after", a.after, "tab:blue")):
             h = history(root, model)
             if h is None:
